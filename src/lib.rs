@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod outbox;
+pub mod process;
 pub mod redact;
 pub mod wire;
 
