@@ -4,13 +4,35 @@
 //! shell commands); the runtime does it, streams output back, uploads
 //! artifacts and redacts secrets. The binary in `main.rs` is a thin CLI over
 //! this library so other programs can embed the server with their own
-//! [`Config`].
+//! [`Config`]:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = runtimeuse::Config {
+//!     agent: runtimeuse::AgentSource::Bundled("echo".into()),
+//!     ..Default::default()
+//! };
+//! runtimeuse::Server::bind(config).await?.run().await
+//! # }
+//! ```
+//!
+//! Where things live: [`server`] accepts connections, [`session`] runs one
+//! connection, [`request`] is one request's pipeline, [`commands`] runs shell
+//! commands, [`handler_host`] runs agent handlers, [`redact`] scrubs
+//! secrets, [`wire`] is the client protocol.
 
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod handler_host;
 pub mod outbox;
 pub mod process;
 pub mod redact;
+pub mod request;
+pub mod server;
+pub mod session;
 pub mod wire;
 
 pub use config::{AgentSource, Config};
 pub use redact::{Redactor, StreamRedactor};
+pub use server::Server;

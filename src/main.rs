@@ -1,1 +1,63 @@
-fn main() {}
+//! The `runtimeuse` binary: flags in, server out. Everything else lives in
+//! the library so it can be embedded.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use runtimeuse::cli::Cli;
+use runtimeuse::server::Server;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Cli::parse().into_config();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("runtimeuse: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runtimeuse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: runtimeuse::Config) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
+    let shutdown = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, cancelling running requests");
+        shutdown.cancel();
+    });
+    server.run().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

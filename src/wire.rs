@@ -11,6 +11,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+/// Largest frame the runtime sends. The real client rejects frames over
+/// 1 MiB (1,048,576 bytes) and drops the connection; this leaves headroom.
+pub const MAX_OUTBOUND_FRAME_BYTES: usize = 1_000_000;
+
 /// Deserialises a field where JSON `null` must mean "use the default".
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -181,8 +185,12 @@ impl InboundMessage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResultData {
-    Text { text: String },
-    StructuredOutput { structured_output: Map<String, Value> },
+    Text {
+        text: String,
+    },
+    StructuredOutput {
+        structured_output: Map<String, Value>,
+    },
 }
 
 /// One entry of `command_execution_result_message.results`.
@@ -296,10 +304,7 @@ mod tests {
             InboundMessage::parse("{"),
             Err(ParseError::NotJson(_))
         ));
-        assert_eq!(
-            InboundMessage::parse("[1]"),
-            Err(ParseError::NoMessageType)
-        );
+        assert_eq!(InboundMessage::parse("[1]"), Err(ParseError::NoMessageType));
         assert_eq!(
             InboundMessage::parse(r#"{"message_type":"bogus"}"#),
             Err(ParseError::UnknownType("bogus".into()))

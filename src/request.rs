@@ -1,0 +1,331 @@
+//! One request's pipeline: downloads, commands, the agent, artifacts, and
+//! the single terminal message that ends it.
+//!
+//! Nothing in here sends a terminal. Each pipeline returns
+//! `Result<OutboundMessage, RequestError>` and the session turns that into
+//! exactly one terminal, so "one terminal per request" holds by
+//! construction rather than by every branch remembering it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{self, CommandContext, CommandError};
+use crate::config::Config;
+use crate::handler_host::{HandlerError, HandlerHost, Invocation, InvokeContext};
+use crate::outbox::Outbox;
+use crate::redact::Redactor;
+use crate::wire::{
+    self, CommandExecutionMessage, CommandResult, InvocationMessage, MAX_OUTBOUND_FRAME_BYTES,
+    OutboundMessage,
+};
+
+/// Why a request ended without its normal result; the text is what the
+/// client's `AgentRuntimeError` will carry.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("Request cancelled")]
+    Cancelled,
+    #[error("the client connection is closed")]
+    ClientGone,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{kind} command `{command}` failed with exit code: {exit_code}")]
+    CommandFailed {
+        kind: &'static str,
+        command: String,
+        exit_code: i32,
+    },
+    #[error("{0}")]
+    Command(String),
+    #[error("{error}")]
+    Agent {
+        error: String,
+        metadata: Map<String, Value>,
+    },
+}
+
+impl From<CommandError> for RequestError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Cancelled => Self::Cancelled,
+            CommandError::ClientGone => Self::ClientGone,
+            other => Self::Command(other.to_string()),
+        }
+    }
+}
+
+impl From<HandlerError> for RequestError {
+    fn from(e: HandlerError) -> Self {
+        match e {
+            HandlerError::Cancelled => Self::Cancelled,
+            HandlerError::ClientGone => Self::ClientGone,
+            HandlerError::Reported { error, metadata } => Self::Agent { error, metadata },
+            other => Self::Agent {
+                error: other.to_string(),
+                metadata: Map::new(),
+            },
+        }
+    }
+}
+
+impl RequestError {
+    /// The `error_message` that ends the request.
+    pub fn into_message(self) -> OutboundMessage {
+        let metadata = match &self {
+            Self::Agent { metadata, .. } => metadata.clone(),
+            Self::CommandFailed {
+                command, exit_code, ..
+            } => json!({"command": command, "exit_code": exit_code})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            _ => Map::new(),
+        };
+        OutboundMessage::ErrorMessage {
+            error: self.to_string(),
+            metadata,
+        }
+    }
+}
+
+/// What stage a request is in, for heartbeats and logs.
+#[derive(Debug, Clone, Default)]
+pub struct Phase(Arc<Mutex<&'static str>>);
+
+impl Phase {
+    /// Records the stage the request has entered.
+    pub fn set(&self, phase: &'static str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    /// The current stage.
+    pub fn get(&self) -> &'static str {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything a pipeline needs, owned so the request can run as its own task.
+pub struct RequestContext {
+    pub outbox: Outbox,
+    pub cancel: CancellationToken,
+    /// Secrets of this request (plus the session's earlier ones).
+    pub redactor: Redactor,
+    pub config: Arc<Config>,
+    pub phase: Phase,
+    pub handler: Arc<AsyncMutex<HandlerHost>>,
+    /// Distinguishes invocations on the handler protocol.
+    pub request_id: String,
+}
+
+impl RequestContext {
+    fn command_context(&self) -> CommandContext<'_> {
+        CommandContext {
+            outbox: &self.outbox,
+            redactor: &self.redactor,
+            cancel: &self.cancel,
+            kill_grace: self.config.kill_grace,
+            stdout_head_bytes: self.config.stdout_head_bytes,
+            stdout_tail_bytes: self.config.stdout_tail_bytes,
+        }
+    }
+}
+
+/// A request the session can run.
+pub enum Request {
+    Invocation(Box<InvocationMessage>),
+    Commands(CommandExecutionMessage),
+}
+
+/// Runs a request to its terminal message, with heartbeats while it runs.
+pub async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
+    let heartbeat = tokio::spawn(heartbeat(
+        ctx.outbox.clone(),
+        ctx.phase.clone(),
+        ctx.config.heartbeat_interval,
+    ));
+    let started = Instant::now();
+    let result = match request {
+        Request::Invocation(msg) => run_invocation(*msg, &ctx).await,
+        Request::Commands(msg) => run_commands(msg, &ctx).await,
+    };
+    heartbeat.abort();
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "request finished"
+    );
+    result.unwrap_or_else(RequestError::into_message)
+}
+
+async fn heartbeat(outbox: Outbox, phase: Phase, every: Duration) {
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticker.tick().await;
+        let beat = OutboundMessage::HeartbeatMessage {
+            phase: phase.get().to_owned(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        if outbox.send(beat).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_invocation(
+    msg: InvocationMessage,
+    ctx: &RequestContext,
+) -> Result<OutboundMessage, RequestError> {
+    let output_format = parse_output_format(msg.output_format_json_schema_str.as_deref())?;
+    reject_unsupported(&msg.pre_agent_downloadables, &msg.artifacts)?;
+    ctx.phase.set("pre_agent_commands");
+    run_checked(&msg.pre_agent_invocation_commands, "Pre-agent", ctx).await?;
+
+    ctx.phase.set("agent");
+    let invocation = Invocation {
+        id: ctx.request_id.clone(),
+        source_id: msg.source_id.clone(),
+        system_prompt: msg.system_prompt,
+        user_prompt: msg.user_prompt,
+        model: msg.model,
+        output_format,
+        env: msg.agent_env,
+        secrets: ctx.redactor.secrets().to_vec(),
+    };
+    let output = {
+        let mut handler = ctx.handler.lock().await;
+        let invoke_ctx = InvokeContext {
+            outbox: &ctx.outbox,
+            redactor: &ctx.redactor,
+            cancel: &ctx.cancel,
+            cancel_grace: ctx.config.handler_cancel_grace,
+            kill_grace: ctx.config.kill_grace,
+        };
+        handler.invoke(&invocation, &invoke_ctx).await?
+    };
+
+    ctx.phase.set("post_agent_commands");
+    run_checked(&msg.post_agent_invocation_commands, "Post-agent", ctx).await?;
+    Ok(OutboundMessage::ResultMessage {
+        data: output.data,
+        metadata: output.metadata,
+    })
+}
+
+async fn run_commands(
+    msg: CommandExecutionMessage,
+    ctx: &RequestContext,
+) -> Result<OutboundMessage, RequestError> {
+    reject_unsupported(&msg.pre_execution_downloadables, &msg.artifacts)?;
+    ctx.phase.set("commands");
+    let command_ctx = ctx.command_context();
+    let mut results = Vec::with_capacity(msg.commands.len());
+    for command in &msg.commands {
+        let outcome = commands::run_command(command, &command_ctx).await?;
+        let failed = outcome.exit_code != 0;
+        results.push(CommandResult {
+            command: command.command.clone(),
+            exit_code: outcome.exit_code,
+            stdout: outcome.stdout,
+        });
+        if failed {
+            break;
+        }
+    }
+    commands::fit_results(&mut results, MAX_OUTBOUND_FRAME_BYTES);
+    Ok(OutboundMessage::CommandExecutionResultMessage { results })
+}
+
+/// Runs pre/post-agent commands, stopping at the first non-zero exit.
+async fn run_checked(
+    list: &[wire::Command],
+    kind: &'static str,
+    ctx: &RequestContext,
+) -> Result<(), RequestError> {
+    let command_ctx = ctx.command_context();
+    for command in list {
+        let outcome = commands::run_command(command, &command_ctx).await?;
+        if outcome.exit_code != 0 {
+            return Err(RequestError::CommandFailed {
+                kind,
+                command: command.command.clone(),
+                exit_code: outcome.exit_code,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Until downloads and artifacts land, say so instead of silently skipping.
+fn reject_unsupported(
+    downloads: &[wire::Downloadable],
+    artifacts: &wire::ArtifactOptions,
+) -> Result<(), RequestError> {
+    if !downloads.is_empty() {
+        return Err(RequestError::Unsupported(
+            "Downloads are not supported yet by this runtime".into(),
+        ));
+    }
+    if !artifacts.all_dirs().is_empty() {
+        return Err(RequestError::Unsupported(
+            "Artifacts are not supported yet by this runtime".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `output_format_json_schema_str` (`{"type":"json_schema","schema":{..}}`).
+fn parse_output_format(raw: Option<&str>) -> Result<Option<Value>, RequestError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let invalid = |why: String| {
+        RequestError::Invalid(format!("Invalid output_format_json_schema_str: {why}"))
+    };
+    let value: Value = serde_json::from_str(raw).map_err(|e| invalid(e.to_string()))?;
+    let Some(object) = value.as_object() else {
+        return Err(invalid("expected a JSON object".into()));
+    };
+    if !object.get("schema").is_some_and(Value::is_object) {
+        return Err(invalid("expected a \"schema\" object".into()));
+    }
+    Ok(Some(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_format_is_checked() {
+        assert_eq!(parse_output_format(None).unwrap(), None);
+        let ok = r#"{"type":"json_schema","schema":{"type":"object"}}"#;
+        assert!(parse_output_format(Some(ok)).unwrap().is_some());
+        for bad in ["{", "[]", r#"{"type":"json_schema"}"#, r#"{"schema":3}"#] {
+            let err = parse_output_format(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("Invalid output_format_json_schema_str"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_command_error_carries_exit_code() {
+        let msg = RequestError::CommandFailed {
+            kind: "Pre-agent",
+            command: "exit 3".into(),
+            exit_code: 3,
+        }
+        .into_message();
+        let OutboundMessage::ErrorMessage { error, metadata } = msg else {
+            panic!()
+        };
+        assert_eq!(error, "Pre-agent command `exit 3` failed with exit code: 3");
+        assert_eq!(metadata["exit_code"], 3);
+    }
+}

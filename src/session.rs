@@ -1,0 +1,456 @@
+//! One client connection: reading requests, running one at a time, and
+//! writing every outbound message through a single redacting writer.
+//!
+//! The reader never waits on work: requests run as their own tasks, so
+//! pings, `cancel_message` and artifact responses are handled while a
+//! command or the agent is busy. All output funnels through one
+//! [`Outbox`] into [`write_loop`], the only place that touches the socket's
+//! write half and the only place that redacts, so no message can skip
+//! redaction.
+
+use std::sync::{Arc, RwLock};
+
+use futures_util::{Sink, SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::handler_host::{HandlerCommand, HandlerHost};
+use crate::outbox::Outbox;
+use crate::redact::Redactor;
+use crate::request::{self, Phase, Request, RequestContext};
+use crate::wire::{InboundMessage, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage};
+
+/// How many messages may wait for the socket before producers block.
+const OUTBOX_CAPACITY: usize = 32;
+
+/// Largest piece of text put in one message when an oversized one is split.
+const SPLIT_PIECE_BYTES: usize = 64 * 1024;
+
+/// What every session of a server shares.
+pub struct SessionShared {
+    pub config: Arc<Config>,
+    pub handler_command: Arc<HandlerCommand>,
+    /// Fired when the server shuts down: sessions cancel work and close.
+    pub shutdown: CancellationToken,
+}
+
+/// Every secret the session has been told about, across its requests.
+///
+/// Outbound messages and logs are redacted with all of them, so a late
+/// message (an artifact announcement after the request that named the
+/// secret) is still covered.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSecrets(Arc<RwLock<Redactor>>);
+
+impl SessionSecrets {
+    /// Adds secrets and returns the redactor now in force.
+    pub fn add(&self, secrets: &[String]) -> Redactor {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if secrets.iter().any(|s| !s.is_empty()) {
+            *guard = guard.with(secrets);
+        }
+        guard.clone()
+    }
+
+    /// The redactor now in force.
+    pub fn current(&self) -> Redactor {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A request that is running.
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<OutboundMessage>,
+}
+
+/// The state of one connection.
+struct Session {
+    shared: Arc<SessionShared>,
+    outbox: Outbox,
+    secrets: SessionSecrets,
+    handler: Arc<AsyncMutex<HandlerHost>>,
+    current: Option<Running>,
+    /// `end_session_message` arrived: confirm once the current request ends.
+    ending: bool,
+    requests_started: u64,
+}
+
+/// What the read loop does after a frame.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Serves one WebSocket connection until it closes or the session ends.
+pub async fn serve<S>(ws: WebSocketStream<S>, shared: Arc<SessionShared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut stream) = ws.split();
+    let (outbox, rx) = Outbox::channel(OUTBOX_CAPACITY);
+    let secrets = SessionSecrets::default();
+    let writer = tokio::spawn(write_loop(sink, rx, secrets.clone()));
+    let handler = HandlerHost::new(shared.handler_command.clone());
+    let mut session = Session {
+        shared: shared.clone(),
+        outbox,
+        secrets,
+        handler: Arc::new(AsyncMutex::new(handler)),
+        current: None,
+        ending: false,
+        requests_started: 0,
+    };
+    let mut shutting_down = false;
+    loop {
+        if session.ending && session.current.is_none() {
+            let _ = session
+                .outbox
+                .send(OutboundMessage::EndSessionConfirmMessage)
+                .await;
+            tracing::info!("session ended by client");
+            break;
+        }
+        tokio::select! {
+            frame = stream.next() => {
+                if let Flow::Close = session.on_frame(frame).await {
+                    break;
+                }
+            }
+            terminal = current_done(&mut session.current) => {
+                session.current = None;
+                let _ = session.outbox.send(terminal).await;
+            }
+            () = shared.shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                session.begin_shutdown();
+            }
+        }
+    }
+    session.close().await;
+    let _ = writer.await;
+}
+
+/// Waits for the running request's terminal; pending forever when idle.
+async fn current_done(current: &mut Option<Running>) -> OutboundMessage {
+    let Some(running) = current.as_mut() else {
+        return std::future::pending().await;
+    };
+    match (&mut running.task).await {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            OutboundMessage::error(format!("Internal error: the request task failed ({e})"))
+        }
+    }
+}
+
+impl Session {
+    async fn on_frame(&mut self, frame: Option<Result<Message, tungstenite::Error>>) -> Flow {
+        match frame {
+            None => Flow::Close,
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "connection error");
+                Flow::Close
+            }
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                self.reject(
+                    "Invalid message: binary frames are not supported; send JSON text frames",
+                )
+                .await;
+                Flow::Continue
+            }
+            Some(Ok(Message::Close(_))) => Flow::Close,
+            Some(Ok(_)) => Flow::Continue,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let message = match InboundMessage::parse(text) {
+            Ok(message) => message,
+            Err(e) => {
+                self.reject(&e.to_string()).await;
+                return Flow::Continue;
+            }
+        };
+        match message {
+            InboundMessage::InvocationMessage(m) => self.start(Request::Invocation(m)).await,
+            InboundMessage::CommandExecutionMessage(m) => self.start(Request::Commands(m)).await,
+            InboundMessage::CancelMessage => self.cancel_current(),
+            InboundMessage::EndSessionMessage => self.ending = true,
+            InboundMessage::ArtifactUploadResponseMessage(_) => {
+                tracing::warn!("artifact upload response ignored: artifacts are not supported yet");
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Answers bad input with an `error_message` when that cannot be
+    /// mistaken for the terminal of a running request; logs it otherwise.
+    async fn reject(&self, reason: &str) {
+        if self.current.is_some() {
+            tracing::warn!(reason, "bad message during a request; ignored");
+            return;
+        }
+        tracing::warn!(reason, "bad message");
+        let _ = self.outbox.send(OutboundMessage::error(reason)).await;
+    }
+
+    async fn start(&mut self, request: Request) {
+        if self.current.is_some() {
+            // Not `reject`: this one must reach the client even mid-request.
+            let _ = self
+                .outbox
+                .send(OutboundMessage::error(
+                    "A request is already running on this connection; send cancel_message or wait for its result before sending another",
+                ))
+                .await;
+            return;
+        }
+        if self.ending || self.shared.shutdown.is_cancelled() {
+            let _ = self
+                .outbox
+                .send(OutboundMessage::error(
+                    "The session is ending; no new requests are accepted",
+                ))
+                .await;
+            return;
+        }
+        let (source_id, secrets, kind) = match &request {
+            Request::Invocation(m) => (
+                m.source_id.clone(),
+                m.secrets_to_redact.clone(),
+                "invocation",
+            ),
+            Request::Commands(m) => (m.source_id.clone(), m.secrets_to_redact.clone(), "commands"),
+        };
+        let redactor = self.secrets.add(&secrets);
+        self.requests_started += 1;
+        let source_id = redactor
+            .redact_str(source_id.as_deref().unwrap_or("-"))
+            .into_owned();
+        let span = tracing::info_span!("request", source_id = %source_id, kind);
+        let cancel = CancellationToken::new();
+        let ctx = RequestContext {
+            outbox: self.outbox.clone(),
+            cancel: cancel.clone(),
+            redactor,
+            config: self.shared.config.clone(),
+            phase: Phase::default(),
+            handler: self.handler.clone(),
+            request_id: format!("req-{}", self.requests_started),
+        };
+        span.in_scope(|| tracing::info!("request started"));
+        let task = tokio::spawn(request::drive(request, ctx).instrument(span));
+        self.current = Some(Running { cancel, task });
+    }
+
+    fn cancel_current(&mut self) {
+        match &self.current {
+            Some(running) => {
+                tracing::info!("cancel requested");
+                running.cancel.cancel();
+            }
+            None => tracing::info!("cancel_message with no request running; nothing to do"),
+        }
+    }
+
+    /// Server shutdown: cancel the running request; its terminal still goes
+    /// out, then the session confirms and closes.
+    fn begin_shutdown(&mut self) {
+        self.cancel_current();
+        self.ending = true;
+    }
+
+    /// Connection is over: stop work, wait for it, stop the handler.
+    async fn close(self) {
+        if let Some(running) = self.current {
+            tracing::info!("connection closed mid-request; cancelling it");
+            running.cancel.cancel();
+            let _ = running.task.await;
+        }
+        self.handler
+            .lock()
+            .await
+            .shutdown(self.shared.config.kill_grace)
+            .await;
+    }
+}
+
+/// Drains the outbox into the socket, redacting and bounding every frame.
+async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<OutboundMessage>,
+    secrets: SessionSecrets,
+) where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    while let Some(message) = rx.recv().await {
+        let redactor = secrets.current();
+        for frame in encode(&message, &redactor) {
+            if let Err(e) = sink.send(Message::text(frame)).await {
+                tracing::info!(error = %e, "could not write to the client; dropping the writer");
+                return;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Turns a message into redacted frames that each fit the client's limit.
+///
+/// Oversized streaming messages are split (after redaction, so a split can
+/// never cut a secret in two); an oversized result becomes an error the
+/// client can read instead of a frame that would kill its connection.
+pub fn encode(message: &OutboundMessage, redactor: &Redactor) -> Vec<String> {
+    let mut value = serde_json::to_value(message).unwrap_or(Value::Null);
+    redactor.redact_json(&mut value);
+    let text = value.to_string();
+    if text.len() <= MAX_OUTBOUND_FRAME_BYTES {
+        return vec![text];
+    }
+    match message {
+        OutboundMessage::AssistantMessage { .. } => split_field(&value, "text_blocks", true),
+        OutboundMessage::CommandOutputMessage { .. } => split_field(&value, "text", false),
+        other if other.is_terminal() => {
+            let error = format!(
+                "The result is {} bytes once encoded, more than the {MAX_OUTBOUND_FRAME_BYTES}-byte frame limit of the client",
+                text.len()
+            );
+            vec![serde_json::to_string(&OutboundMessage::error(error)).unwrap_or_default()]
+        }
+        _ => {
+            tracing::warn!(bytes = text.len(), "dropped an oversized message");
+            Vec::new()
+        }
+    }
+}
+
+/// Splits the text in `field` (a string, or a list of strings) across
+/// several copies of the message.
+fn split_field(value: &Value, field: &str, is_list: bool) -> Vec<String> {
+    let texts: Vec<&str> = match &value[field] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let mut frames = Vec::new();
+    for text in texts {
+        for piece in char_pieces(text, SPLIT_PIECE_BYTES) {
+            let mut copy = value.clone();
+            copy[field] = if is_list {
+                Value::Array(vec![Value::String(piece.to_owned())])
+            } else {
+                Value::String(piece.to_owned())
+            };
+            frames.push(copy.to_string());
+        }
+    }
+    frames
+}
+
+/// Cuts text into pieces of at most `max` bytes on character boundaries.
+fn char_pieces(text: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Stream;
+
+    fn decode(frame: &str) -> Value {
+        serde_json::from_str(frame).unwrap()
+    }
+
+    #[test]
+    fn every_frame_is_redacted() {
+        let redactor = Redactor::new(["hunter2"]);
+        let frames = encode(
+            &OutboundMessage::error("password hunter2 leaked"),
+            &redactor,
+        );
+        assert_eq!(decode(&frames[0])["error"], "password [REDACTED] leaked");
+    }
+
+    #[test]
+    fn oversized_assistant_text_is_split_not_lost() {
+        let big = "é".repeat(800_000); // 1.6 MB of UTF-8
+        let msg = OutboundMessage::AssistantMessage {
+            text_blocks: vec![big.clone()],
+        };
+        let frames = encode(&msg, &Redactor::default());
+        assert!(frames.len() > 1);
+        let mut joined = String::new();
+        for frame in &frames {
+            assert!(frame.len() <= MAX_OUTBOUND_FRAME_BYTES);
+            let v = decode(frame);
+            assert_eq!(v["message_type"], "assistant_message");
+            joined.push_str(v["text_blocks"][0].as_str().unwrap());
+        }
+        assert_eq!(joined, big);
+    }
+
+    #[test]
+    fn oversized_output_is_split_after_redaction() {
+        let text = format!("{}SECRETVALUE{}", "a".repeat(65_530), "b".repeat(2_000_000));
+        let msg = OutboundMessage::CommandOutputMessage {
+            stream: Stream::Stdout,
+            text,
+            command: "x".into(),
+        };
+        let frames = encode(&msg, &Redactor::new(["SECRETVALUE"]));
+        let joined: String = frames
+            .iter()
+            .map(|f| decode(f)["text"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!joined.contains("SECRET") && !joined.contains("VALUE"));
+        assert!(joined.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn oversized_result_becomes_a_clear_error() {
+        let msg = OutboundMessage::ResultMessage {
+            data: crate::wire::ResultData::Text {
+                text: "x".repeat(2_000_000),
+            },
+            metadata: Default::default(),
+        };
+        let frames = encode(&msg, &Redactor::default());
+        assert_eq!(frames.len(), 1);
+        let v = decode(&frames[0]);
+        assert_eq!(v["message_type"], "error_message");
+        assert!(v["error"].as_str().unwrap().contains("frame limit"));
+    }
+
+    #[test]
+    fn session_secrets_accumulate() {
+        let secrets = SessionSecrets::default();
+        secrets.add(&["one-secret".into()]);
+        let r = secrets.add(&["two-secret".into(), String::new()]);
+        assert_eq!(
+            r.redact_str("one-secret two-secret"),
+            "[REDACTED] [REDACTED]"
+        );
+    }
+}
