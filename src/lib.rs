@@ -21,6 +21,7 @@
 //! commands, [`handler_host`] runs agent handlers, [`redact`] scrubs
 //! secrets, [`wire`] is the client protocol.
 
+pub mod bundled;
 pub mod cli;
 pub mod commands;
 pub mod config;
