@@ -22,9 +22,54 @@ pub fn new_group(command: &mut tokio::process::Command) -> &mut tokio::process::
     command.process_group(0)
 }
 
-/// Whether any process (zombies included) is still in the group.
+/// Whether any live process is still in the group.
+///
+/// Zombies do not count: an orphaned grandchild that died is reparented to
+/// init, and an init that never reaps (common in containers) would keep it
+/// as a zombie forever, making every kill wait out its whole grace period.
 pub fn group_alive(pgid: u32) -> bool {
-    !matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH))
+    if matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    live_members_in_proc(pgid).unwrap_or(true)
+}
+
+/// Scans `/proc` for non-zombie members of a group; `None` if `/proc` is
+/// unreadable (the caller then trusts `killpg`).
+fn live_members_in_proc(pgid: u32) -> Option<bool> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some((state, group)) = parse_stat(&stat)
+            && group == pgid
+            && state != 'Z'
+            && state != 'X'
+        {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// Extracts (state, pgrp) from a `/proc/PID/stat` line. The command name
+/// can contain spaces and parentheses, so fields are counted after the
+/// last `)`.
+fn parse_stat(stat: &str) -> Option<(char, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
 }
 
 /// Sends a signal to a whole group, ignoring "already gone".
@@ -76,6 +121,13 @@ pub async fn kill_group_remnants(pgid: u32, grace: Duration) {
 mod tests {
     use super::*;
     use std::process::Stdio;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        assert_eq!(parse_stat("42 (a) b) S 1 42 42 0"), Some(('S', 42)));
+        assert_eq!(parse_stat("7 (sleep) Z 1 9 9"), Some(('Z', 9)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
 
     #[tokio::test]
     async fn terminate_reaches_background_grandchildren() {
