@@ -6,7 +6,10 @@
 //! this library so other programs can embed the server with their own
 //! [`Config`].
 
+pub mod archive;
 pub mod config;
+pub mod downloads;
+pub mod http_client;
 pub mod outbox;
 pub mod process;
 pub mod redact;
