@@ -21,11 +21,14 @@
 //! commands, [`handler_host`] runs agent handlers, [`redact`] scrubs
 //! secrets, [`wire`] is the client protocol.
 
+pub mod archive;
 pub mod bundled;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod downloads;
 pub mod handler_host;
+pub mod http_client;
 pub mod outbox;
 pub mod process;
 pub mod redact;
