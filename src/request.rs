@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::{self, CommandContext, CommandError};
 use crate::config::Config;
+use crate::downloads::{self, DownloadError};
 use crate::handler_host::{HandlerError, HandlerHost, Invocation, InvokeContext};
+use crate::http_client::HttpClient;
 use crate::outbox::Outbox;
 use crate::redact::Redactor;
 use crate::wire::{
@@ -43,6 +45,8 @@ pub enum RequestError {
     },
     #[error("{0}")]
     Command(String),
+    #[error("{0}")]
+    Download(String),
     #[error("{error}")]
     Agent {
         error: String,
@@ -56,6 +60,15 @@ impl From<CommandError> for RequestError {
             CommandError::Cancelled => Self::Cancelled,
             CommandError::ClientGone => Self::ClientGone,
             other => Self::Command(other.to_string()),
+        }
+    }
+}
+
+impl From<DownloadError> for RequestError {
+    fn from(e: DownloadError) -> Self {
+        match e {
+            DownloadError::Cancelled => Self::Cancelled,
+            failed => Self::Download(failed.to_string()),
         }
     }
 }
@@ -119,6 +132,8 @@ pub struct RequestContext {
     pub config: Arc<Config>,
     pub phase: Phase,
     pub handler: Arc<AsyncMutex<HandlerHost>>,
+    /// Shared by the server's downloads and uploads.
+    pub http: HttpClient,
     /// Distinguishes invocations on the handler protocol.
     pub request_id: String,
 }
@@ -183,7 +198,8 @@ async fn run_invocation(
     ctx: &RequestContext,
 ) -> Result<OutboundMessage, RequestError> {
     let output_format = parse_output_format(msg.output_format_json_schema_str.as_deref())?;
-    reject_unsupported(&msg.pre_agent_downloadables, &msg.artifacts)?;
+    reject_unsupported(&msg.artifacts)?;
+    download(&msg.pre_agent_downloadables, ctx).await?;
     ctx.phase.set("pre_agent_commands");
     run_checked(&msg.pre_agent_invocation_commands, "Pre-agent", ctx).await?;
 
@@ -222,7 +238,8 @@ async fn run_commands(
     msg: CommandExecutionMessage,
     ctx: &RequestContext,
 ) -> Result<OutboundMessage, RequestError> {
-    reject_unsupported(&msg.pre_execution_downloadables, &msg.artifacts)?;
+    reject_unsupported(&msg.artifacts)?;
+    download(&msg.pre_execution_downloadables, ctx).await?;
     ctx.phase.set("commands");
     let command_ctx = ctx.command_context();
     let mut results = Vec::with_capacity(msg.commands.len());
@@ -262,16 +279,18 @@ async fn run_checked(
     Ok(())
 }
 
-/// Until downloads and artifacts land, say so instead of silently skipping.
-fn reject_unsupported(
-    downloads: &[wire::Downloadable],
-    artifacts: &wire::ArtifactOptions,
-) -> Result<(), RequestError> {
-    if !downloads.is_empty() {
-        return Err(RequestError::Unsupported(
-            "Downloads are not supported yet by this runtime".into(),
-        ));
+/// Fetches the request's files before anything else runs.
+async fn download(items: &[wire::Downloadable], ctx: &RequestContext) -> Result<(), RequestError> {
+    if items.is_empty() {
+        return Ok(());
     }
+    ctx.phase.set("downloads");
+    downloads::download_all(items, &ctx.http, &ctx.cancel).await?;
+    Ok(())
+}
+
+/// Until artifacts land, say so instead of silently skipping.
+fn reject_unsupported(artifacts: &wire::ArtifactOptions) -> Result<(), RequestError> {
     if !artifacts.all_dirs().is_empty() {
         return Err(RequestError::Unsupported(
             "Artifacts are not supported yet by this runtime".into(),

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::handler_host::{self, HandlerCommand};
+use crate::http_client::HttpClient;
 use crate::session::{self, SessionShared};
 
 type Body = Full<Bytes>;
@@ -67,6 +68,7 @@ impl Server {
         let shared = Arc::new(SessionShared {
             config: Arc::new(config),
             handler_command: Arc::new(handler),
+            http: HttpClient::default(),
             shutdown: CancellationToken::new(),
         });
         Ok(Self {

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::handler_host::{HandlerCommand, HandlerHost};
+use crate::http_client::HttpClient;
 use crate::outbox::Outbox;
 use crate::redact::Redactor;
 use crate::request::{self, Phase, Request, RequestContext};
@@ -37,6 +38,8 @@ const SPLIT_PIECE_BYTES: usize = 64 * 1024;
 pub struct SessionShared {
     pub config: Arc<Config>,
     pub handler_command: Arc<HandlerCommand>,
+    /// One HTTP client for every download and upload of the server.
+    pub http: HttpClient,
     /// Fired when the server shuts down: sessions cancel work and close.
     pub shutdown: CancellationToken,
 }
@@ -246,6 +249,7 @@ impl Session {
             config: self.shared.config.clone(),
             phase: Phase::default(),
             handler: self.handler.clone(),
+            http: self.shared.http.clone(),
             request_id: format!("req-{}", self.requests_started),
         };
         span.in_scope(|| tracing::info!("request started"));
