@@ -56,7 +56,11 @@ impl SessionSecrets {
     /// Adds secrets and returns the redactor now in force.
     pub fn add(&self, secrets: &[String]) -> Redactor {
         let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if secrets.iter().any(|s| !s.is_empty()) {
+        let known = guard.secrets();
+        if secrets
+            .iter()
+            .any(|s| !s.is_empty() && known.binary_search(s).is_err())
+        {
             *guard = guard.with(secrets);
         }
         guard.clone()
