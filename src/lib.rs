@@ -6,6 +6,7 @@
 //! this library so other programs can embed the server with their own
 //! [`Config`].
 
+pub mod commands;
 pub mod config;
 pub mod outbox;
 pub mod process;
