@@ -34,6 +34,9 @@ const OUTBOX_CAPACITY: usize = 32;
 /// Largest piece of text put in one message when an oversized one is split.
 const SPLIT_PIECE_BYTES: usize = 64 * 1024;
 
+/// Longest command string repeated in the pieces of a split output message.
+const MAX_COMMAND_ECHO_BYTES: usize = 4096;
+
 /// What every session of a server shares.
 pub struct SessionShared {
     pub config: Arc<Config>,
@@ -327,7 +330,19 @@ pub fn encode(message: &OutboundMessage, redactor: &Redactor) -> Vec<String> {
     }
     match message {
         OutboundMessage::AssistantMessage { .. } => split_field(&value, "text_blocks", true),
-        OutboundMessage::CommandOutputMessage { .. } => split_field(&value, "text", false),
+        OutboundMessage::CommandOutputMessage { .. } => {
+            // Every piece repeats the command string: a huge one must not
+            // keep the pieces oversized too.
+            if let Some(command) = value["command"].as_str()
+                && command.len() > MAX_COMMAND_ECHO_BYTES
+            {
+                let cut = char_pieces(command, MAX_COMMAND_ECHO_BYTES)
+                    .next()
+                    .unwrap_or("");
+                value["command"] = Value::String(format!("{cut}…"));
+            }
+            split_field(&value, "text", false)
+        }
         other if other.is_terminal() => {
             let error = format!(
                 "The result is {} bytes once encoded, more than the {MAX_OUTBOUND_FRAME_BYTES}-byte frame limit of the client",
@@ -434,6 +449,24 @@ mod tests {
             .collect();
         assert!(!joined.contains("SECRET") && !joined.contains("VALUE"));
         assert!(joined.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn huge_command_strings_do_not_keep_output_frames_oversized() {
+        let msg = OutboundMessage::CommandOutputMessage {
+            stream: Stream::Stderr,
+            text: "x".repeat(500_000),
+            command: "c".repeat(900_000),
+        };
+        let frames = encode(&msg, &Redactor::default());
+        let total: usize = frames
+            .iter()
+            .map(|f| {
+                assert!(f.len() <= MAX_OUTBOUND_FRAME_BYTES);
+                decode(f)["text"].as_str().unwrap().len()
+            })
+            .sum();
+        assert_eq!(total, 500_000);
     }
 
     #[test]
