@@ -18,9 +18,11 @@
 //!
 //! Where things live: [`server`] accepts connections, [`session`] runs one
 //! connection, [`request`] is one request's pipeline, [`commands`] runs shell
-//! commands, [`handler_host`] runs agent handlers, [`redact`] scrubs
-//! secrets, [`wire`] is the client protocol.
+//! commands, [`handler_host`] runs agent handlers, [`artifacts`] watches
+//! and uploads output files, [`redact`] scrubs secrets, [`wire`] is the
+//! client protocol.
 
+pub mod artifacts;
 pub mod cli;
 pub mod commands;
 pub mod config;
