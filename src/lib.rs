@@ -22,6 +22,7 @@
 //! secrets, [`wire`] is the client protocol.
 
 pub mod archive;
+pub mod artifacts;
 pub mod bundled;
 pub mod cli;
 pub mod commands;

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::Artifacts;
 use crate::commands::{self, CommandContext, CommandError};
 use crate::config::Config;
 use crate::downloads::{self, DownloadError};
@@ -134,6 +135,8 @@ pub struct RequestContext {
     pub handler: Arc<AsyncMutex<HandlerHost>>,
     /// Shared by the server's downloads and uploads.
     pub http: HttpClient,
+    /// The session's artifact watcher (directories accumulate across requests).
+    pub artifacts: Artifacts,
     /// Distinguishes invocations on the handler protocol.
     pub request_id: String,
 }
@@ -165,10 +168,25 @@ pub async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
         ctx.config.heartbeat_interval,
     ));
     let started = Instant::now();
-    let result = match request {
-        Request::Invocation(msg) => run_invocation(*msg, &ctx).await,
-        Request::Commands(msg) => run_commands(msg, &ctx).await,
+    let artifact_options = match &request {
+        Request::Invocation(msg) => msg.artifacts.clone(),
+        Request::Commands(msg) => msg.artifacts.clone(),
     };
+    let result = match watch_artifacts(&artifact_options, &ctx) {
+        Err(e) => Err(e),
+        Ok(()) => match request {
+            Request::Invocation(msg) => run_invocation(*msg, &ctx).await,
+            Request::Commands(msg) => run_commands(msg, &ctx).await,
+        },
+    };
+    if wants_artifacts(&artifact_options)
+        && !matches!(
+            result,
+            Err(RequestError::Cancelled | RequestError::ClientGone)
+        )
+    {
+        flush_artifacts(&ctx).await;
+    }
     heartbeat.abort();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -198,7 +216,6 @@ async fn run_invocation(
     ctx: &RequestContext,
 ) -> Result<OutboundMessage, RequestError> {
     let output_format = parse_output_format(msg.output_format_json_schema_str.as_deref())?;
-    reject_unsupported(&msg.artifacts)?;
     download(&msg.pre_agent_downloadables, ctx).await?;
     ctx.phase.set("pre_agent_commands");
     run_checked(&msg.pre_agent_invocation_commands, "Pre-agent", ctx).await?;
@@ -238,7 +255,6 @@ async fn run_commands(
     msg: CommandExecutionMessage,
     ctx: &RequestContext,
 ) -> Result<OutboundMessage, RequestError> {
-    reject_unsupported(&msg.artifacts)?;
     download(&msg.pre_execution_downloadables, ctx).await?;
     ctx.phase.set("commands");
     let command_ctx = ctx.command_context();
@@ -289,14 +305,36 @@ async fn download(items: &[wire::Downloadable], ctx: &RequestContext) -> Result<
     Ok(())
 }
 
-/// Until artifacts land, say so instead of silently skipping.
-fn reject_unsupported(artifacts: &wire::ArtifactOptions) -> Result<(), RequestError> {
-    if !artifacts.all_dirs().is_empty() {
-        return Err(RequestError::Unsupported(
-            "Artifacts are not supported yet by this runtime".into(),
-        ));
+/// Whether this request asked for artifacts. Only then is there a flush:
+/// a client without an upload callback never answers announcements, and
+/// would otherwise wait out the flush bound before every terminal.
+fn wants_artifacts(options: &wire::ArtifactOptions) -> bool {
+    !options.all_dirs().is_empty()
+}
+
+/// Starts (or keeps) watching the request's artifact directories.
+fn watch_artifacts(
+    options: &wire::ArtifactOptions,
+    ctx: &RequestContext,
+) -> Result<(), RequestError> {
+    if !wants_artifacts(options) {
+        return Ok(());
     }
-    Ok(())
+    ctx.artifacts
+        .watch(
+            &options.all_dirs(),
+            options.artifacts_ignore_content.as_deref(),
+        )
+        .map_err(|e| RequestError::Invalid(format!("Cannot watch artifacts: {e}")))
+}
+
+/// Announces every file the request made and waits (bounded) for their
+/// uploads, so the one-shot client, which closes the socket on the
+/// terminal, loses none of them.
+async fn flush_artifacts(ctx: &RequestContext) {
+    ctx.phase.set("artifacts");
+    let report = ctx.artifacts.flush(ctx.config.artifact_flush_timeout).await;
+    tracing::info!(?report, "artifacts flushed");
 }
 
 /// Parses `output_format_json_schema_str` (`{"type":"json_schema","schema":{..}}`).

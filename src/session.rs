@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::artifacts::{Artifacts, UploadFn, UploadJob};
 use crate::config::Config;
 use crate::handler_host::{HandlerCommand, HandlerHost};
 use crate::http_client::HttpClient;
@@ -30,6 +31,9 @@ use crate::wire::{InboundMessage, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage};
 
 /// How many messages may wait for the socket before producers block.
 const OUTBOX_CAPACITY: usize = 32;
+
+/// How long a closing session waits for a client that stopped reading.
+const WRITER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Largest piece of text put in one message when an oversized one is split.
 const SPLIT_PIECE_BYTES: usize = 64 * 1024;
@@ -87,6 +91,7 @@ struct Session {
     outbox: Outbox,
     secrets: SessionSecrets,
     handler: Arc<AsyncMutex<HandlerHost>>,
+    artifacts: Artifacts,
     current: Option<Running>,
     /// `end_session_message` arrived: confirm once the current request ends.
     ending: bool,
@@ -107,28 +112,34 @@ where
     let (sink, mut stream) = ws.split();
     let (outbox, rx) = Outbox::channel(OUTBOX_CAPACITY);
     let secrets = SessionSecrets::default();
-    let writer = tokio::spawn(write_loop(sink, rx, secrets.clone()));
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(sink, rx, secrets.clone(), writer_stop.clone()));
     let handler = HandlerHost::new(shared.handler_command.clone());
     let mut session = Session {
         shared: shared.clone(),
-        outbox,
+        outbox: outbox.clone(),
         secrets,
         handler: Arc::new(AsyncMutex::new(handler)),
+        artifacts: Artifacts::new(outbox.clone(), uploader(shared.http.clone())),
         current: None,
         ending: false,
         requests_started: 0,
     };
     let mut shutting_down = false;
+    let mut drain: Option<JoinHandle<()>> = None;
     loop {
-        if session.ending && session.current.is_none() {
-            let _ = session
-                .outbox
-                .send(OutboundMessage::EndSessionConfirmMessage)
-                .await;
-            tracing::info!("session ended by client");
-            break;
+        if session.ending && session.current.is_none() && drain.is_none() {
+            drain = Some(tokio::spawn(session.drain_artifacts()));
         }
         tokio::select! {
+            () = drain_done(&mut drain) => {
+                let _ = session
+                    .outbox
+                    .send(OutboundMessage::EndSessionConfirmMessage)
+                    .await;
+                tracing::info!("session ended");
+                break;
+            }
             frame = stream.next() => {
                 if let Flow::Close = session.on_frame(frame).await {
                     break;
@@ -145,7 +156,39 @@ where
         }
     }
     session.close().await;
-    let _ = writer.await;
+    // Background tasks (artifact uploads finishing) may still hold outbox
+    // clones; the writer sends what is queued and closes regardless.
+    writer_stop.cancel();
+    let mut writer = writer;
+    if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("client is not reading; closing without flushing");
+        writer.abort();
+    }
+}
+
+/// Waits for the end-of-session artifact drain; pending forever if none.
+async fn drain_done(drain: &mut Option<JoinHandle<()>>) {
+    match drain.as_mut() {
+        Some(task) => {
+            let _ = task.await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Adapts the server's HTTP client to the artifact watcher's upload hook.
+fn uploader(http: HttpClient) -> UploadFn {
+    Arc::new(move |job: UploadJob| {
+        let http = http.clone();
+        Box::pin(async move {
+            http.put_file(&job.url, &job.path, &job.content_type)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// Waits for the running request's terminal; pending forever when idle.
@@ -196,8 +239,8 @@ impl Session {
             InboundMessage::CommandExecutionMessage(m) => self.start(Request::Commands(m)).await,
             InboundMessage::CancelMessage => self.cancel_current(),
             InboundMessage::EndSessionMessage => self.ending = true,
-            InboundMessage::ArtifactUploadResponseMessage(_) => {
-                tracing::warn!("artifact upload response ignored: artifacts are not supported yet");
+            InboundMessage::ArtifactUploadResponseMessage(response) => {
+                self.artifacts.on_upload_response(response);
             }
         }
         Flow::Continue
@@ -257,6 +300,7 @@ impl Session {
             phase: Phase::default(),
             handler: self.handler.clone(),
             http: self.shared.http.clone(),
+            artifacts: self.artifacts.clone(),
             request_id: format!("req-{}", self.requests_started),
         };
         span.in_scope(|| tracing::info!("request started"));
@@ -274,6 +318,20 @@ impl Session {
         }
     }
 
+    /// The end-of-session flush: files still pending are announced and
+    /// uploaded (the client keeps answering until it gets the confirm).
+    /// Runs as its own task so the read loop keeps taking the answers.
+    fn drain_artifacts(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let artifacts = self.artifacts.clone();
+        let bound = self.shared.config.artifact_flush_timeout;
+        async move {
+            if artifacts.is_active() {
+                let report = artifacts.flush(bound).await;
+                tracing::info!(?report, "artifacts drained at session end");
+            }
+        }
+    }
+
     /// Server shutdown: cancel the running request; its terminal still goes
     /// out, then the session confirms and closes.
     fn begin_shutdown(&mut self) {
@@ -283,6 +341,7 @@ impl Session {
 
     /// Connection is over: stop work, wait for it, stop the handler.
     async fn close(self) {
+        self.artifacts.shutdown();
         if let Some(running) = self.current {
             tracing::info!("connection closed mid-request; cancelling it");
             running.cancel.cancel();
@@ -297,23 +356,45 @@ impl Session {
 }
 
 /// Drains the outbox into the socket, redacting and bounding every frame.
+///
+/// Ends when every outbox is dropped, or when `stop` fires: then whatever
+/// is already queued still goes out before the close frame.
 async fn write_loop<S>(
     mut sink: S,
     mut rx: mpsc::Receiver<OutboundMessage>,
     secrets: SessionSecrets,
+    stop: CancellationToken,
 ) where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    while let Some(message) = rx.recv().await {
-        let redactor = secrets.current();
-        for frame in encode(&message, &redactor) {
-            if let Err(e) = sink.send(Message::text(frame)).await {
-                tracing::info!(error = %e, "could not write to the client; dropping the writer");
-                return;
-            }
+    loop {
+        let message = tokio::select! {
+            biased;
+            message = rx.recv() => message,
+            () = stop.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(message) = message else { break };
+        if let Err(e) = write_message(&mut sink, &message, &secrets).await {
+            tracing::info!(error = %e, "could not write to the client; dropping the writer");
+            return;
         }
     }
     let _ = sink.close().await;
+}
+
+async fn write_message<S>(
+    sink: &mut S,
+    message: &OutboundMessage,
+    secrets: &SessionSecrets,
+) -> Result<(), tungstenite::Error>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let redactor = secrets.current();
+    for frame in encode(message, &redactor) {
+        sink.send(Message::text(frame)).await?;
+    }
+    Ok(())
 }
 
 /// Turns a message into redacted frames that each fit the client's limit.

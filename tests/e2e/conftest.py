@@ -59,7 +59,7 @@ def wait_until(predicate, timeout=10.0, interval=0.02):
 class Runtime:
     """One running `runtimeuse` process."""
 
-    def __init__(self, args, env=None, log_path=None, scheme="ws"):
+    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None):
         self.port = free_port()
         self.scheme = scheme
         self.log_path = log_path
@@ -71,6 +71,7 @@ class Runtime:
             stdout=subprocess.DEVNULL,
             stderr=open(log_path, "wb"),
             env=full_env,
+            cwd=cwd,
             start_new_session=True,
         )
         self._wait_ready()
@@ -115,7 +116,12 @@ def start_runtime(tmp_path):
     started = []
 
     def start(*args, env=None, scheme="ws"):
-        rt = Runtime(list(args), env=env, log_path=tmp_path / f"runtime-{len(started)}.log", scheme=scheme)
+        # Started in the test's own directory: a stray relative path lands there.
+        workdir = tmp_path / f"runtime-{len(started)}-cwd"
+        workdir.mkdir()
+        rt = Runtime(
+            list(args), env=env, log_path=tmp_path / f"runtime-{len(started)}.log", scheme=scheme, cwd=workdir
+        )
         started.append(rt)
         return rt
 

@@ -99,7 +99,7 @@ BAD_INPUTS = {
         '{"message_type": "invocation_message", "system_prompt": "s", "model": "m", "secrets_to_redact": []}',
         ["user_prompt"],
     ),
-    "wrong_type": ('{"message_type": "command_execution_message", "commands": "echo hi"}', ["commands"]),
+    "wrong_type": ('{"message_type": "command_execution_message", "commands": "echo hi"}', ["command_execution_message"]),
     "binary_frame": (b'{"message_type": "cancel_message"}', ["binary"]),
 }
 

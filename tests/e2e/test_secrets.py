@@ -47,8 +47,15 @@ class Collector:
 
 
 def test_result_text(echo_runtime, secret):
-    result = query(echo_runtime.url, f"ECHO:token={secret}; again {secret}{secret}.", secrets_to_redact=[secret])
-    assert result.data.text == f"token={R}; again {R}{R}."
+    result = query(echo_runtime.url, f"ECHO:token={secret}; again {secret} and {secret}.", secrets_to_redact=[secret])
+    assert result.data.text == f"token={R}; again {R} and {R}."
+
+
+def test_touching_occurrences_leave_nothing(echo_runtime, secret):
+    # Adjacent occurrences may be merged into one marker; no byte may survive.
+    result = query(echo_runtime.url, f"ECHO:<{secret}{secret}{secret[:5]}>", secrets_to_redact=[secret])
+    assert secret not in result.data.text
+    assert result.data.text.startswith(f"<{R}") and result.data.text.endswith(f"{secret[:5]}>")
 
 
 def test_structured_output_values_and_keys(echo_runtime, secret):
