@@ -7,6 +7,8 @@
 //! [`Config`].
 
 pub mod config;
+pub mod echo;
+pub mod handler_host;
 pub mod outbox;
 pub mod process;
 pub mod redact;
