@@ -28,6 +28,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod downloads;
+pub mod echo;
 pub mod handler_host;
 pub mod http_client;
 pub mod outbox;

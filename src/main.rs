@@ -9,6 +9,16 @@ use runtimeuse::server::Server;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The bundled echo handler runs as a hidden subcommand of the runtime
+    // binary, so `--agent echo` needs nothing else installed.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            runtimeuse::handler_host::ECHO_SUBCOMMAND,
+        ))
+    {
+        runtimeuse::echo::run();
+        return ExitCode::SUCCESS;
+    }
     let config = Cli::parse().into_config();
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -59,5 +69,6 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
