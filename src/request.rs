@@ -169,8 +169,8 @@ pub async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
     ));
     let started = Instant::now();
     let artifact_options = match &request {
-        Request::Invocation(msg) => msg.artifacts.clone(),
-        Request::Commands(msg) => msg.artifacts.clone(),
+        Request::Invocation(msg) => msg.artifacts(),
+        Request::Commands(msg) => msg.artifacts(),
     };
     let result = match watch_artifacts(&artifact_options, &ctx) {
         Err(e) => Err(e),

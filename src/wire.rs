@@ -42,14 +42,11 @@ pub struct Downloadable {
 }
 
 /// The fields shared by both request kinds that concern artifacts.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ArtifactOptions {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub artifacts_dirs: Vec<String>,
     /// Deprecated single-directory form, still sent by older clients.
-    #[serde(default)]
     pub artifacts_dir: Option<String>,
-    #[serde(default)]
     pub artifacts_ignore_content: Option<String>,
 }
 
@@ -82,8 +79,13 @@ pub struct InvocationMessage {
     pub secrets_to_redact: Vec<String>,
     #[serde(default)]
     pub output_format_json_schema_str: Option<String>,
-    #[serde(flatten)]
-    pub artifacts: ArtifactOptions,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub artifacts_dirs: Vec<String>,
+    /// Deprecated single-directory form, still sent by older clients.
+    #[serde(default)]
+    pub artifacts_dir: Option<String>,
+    #[serde(default)]
+    pub artifacts_ignore_content: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub pre_agent_invocation_commands: Vec<Command>,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -91,6 +93,26 @@ pub struct InvocationMessage {
     #[serde(default, deserialize_with = "null_as_default")]
     pub pre_agent_downloadables: Vec<Downloadable>,
 }
+
+/// Gathers the artifact fields (no `#[serde(flatten)]`: it would hide the
+/// field path from error messages).
+macro_rules! artifact_options {
+    ($ty:ty) => {
+        impl $ty {
+            /// The request's artifact settings.
+            pub fn artifacts(&self) -> ArtifactOptions {
+                ArtifactOptions {
+                    artifacts_dirs: self.artifacts_dirs.clone(),
+                    artifacts_dir: self.artifacts_dir.clone(),
+                    artifacts_ignore_content: self.artifacts_ignore_content.clone(),
+                }
+            }
+        }
+    };
+}
+
+artifact_options!(InvocationMessage);
+artifact_options!(CommandExecutionMessage);
 
 /// `command_execution_message`: run shell commands, no agent.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -100,8 +122,13 @@ pub struct CommandExecutionMessage {
     #[serde(default, deserialize_with = "null_as_default")]
     pub secrets_to_redact: Vec<String>,
     pub commands: Vec<Command>,
-    #[serde(flatten)]
-    pub artifacts: ArtifactOptions,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub artifacts_dirs: Vec<String>,
+    /// Deprecated single-directory form, still sent by older clients.
+    #[serde(default)]
+    pub artifacts_dir: Option<String>,
+    #[serde(default)]
+    pub artifacts_ignore_content: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub pre_execution_downloadables: Vec<Downloadable>,
 }
@@ -118,8 +145,7 @@ pub struct ArtifactUploadResponse {
 }
 
 /// Every message a client may send.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "message_type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum InboundMessage {
     InvocationMessage(Box<InvocationMessage>),
     CommandExecutionMessage(CommandExecutionMessage),
@@ -144,6 +170,43 @@ pub enum ParseError {
     },
 }
 
+/// Deserialises one message kind, naming the offending field on failure
+/// (e.g. `commands[0].env.A: invalid type: integer `1`, expected a string`).
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ParseError> {
+    let message_type = value["message_type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = clip(&e.into_inner().to_string());
+        ParseError::BadFields {
+            message_type,
+            reason: if path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            },
+        }
+    })
+}
+
+/// Longest piece of client input quoted back in an error: a hostile 5 MB
+/// field must not come back as a 5 MB error frame.
+const MAX_QUOTED_BYTES: usize = 200;
+
+/// Shortens client-supplied text for an error message.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_QUOTED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 const KNOWN_TYPES: [&str; 5] = [
     "invocation_message",
     "command_execution_message",
@@ -156,18 +219,22 @@ impl InboundMessage {
     /// Parses one text frame, naming exactly what is wrong when it fails.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let value: Value =
-            serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| ParseError::NotJson(clip(&e.to_string())))?;
         let message_type = value
             .get("message_type")
             .and_then(Value::as_str)
-            .ok_or(ParseError::NoMessageType)?
-            .to_owned();
-        if !KNOWN_TYPES.contains(&message_type.as_str()) {
-            return Err(ParseError::UnknownType(message_type));
+            .ok_or(ParseError::NoMessageType)?;
+        if !KNOWN_TYPES.contains(&message_type) {
+            return Err(ParseError::UnknownType(clip(message_type)));
         }
-        serde_json::from_value(value).map_err(|e| ParseError::BadFields {
-            message_type,
-            reason: e.to_string(),
+        Ok(match message_type {
+            "invocation_message" => Self::InvocationMessage(Box::new(typed(value)?)),
+            "command_execution_message" => Self::CommandExecutionMessage(typed(value)?),
+            "artifact_upload_response_message" => {
+                Self::ArtifactUploadResponseMessage(typed(value)?)
+            }
+            "cancel_message" => Self::CancelMessage,
+            _ => Self::EndSessionMessage,
         })
     }
 
@@ -282,7 +349,7 @@ mod tests {
         };
         assert_eq!(inv.user_prompt, "u");
         assert!(inv.secrets_to_redact.is_empty());
-        assert!(inv.artifacts.all_dirs().is_empty());
+        assert!(inv.artifacts().all_dirs().is_empty());
     }
 
     #[test]
@@ -313,6 +380,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing field `commands`"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_field_and_never_echo_huge_input() {
+        let err = InboundMessage::parse(
+            r#"{"message_type":"invocation_message","user_prompt":"u","system_prompt":5}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("system_prompt"), "{err}");
+        let huge = format!(r#"{{"message_type":"{}"}}"#, "x".repeat(1_000_000));
+        let err = InboundMessage::parse(&huge).unwrap_err().to_string();
+        assert!(err.len() < 400, "{}", err.len());
+        let err = InboundMessage::parse(&format!(
+            r#"{{"message_type":"command_execution_message","commands":[{{"command":"{}","env":{{"A":1}}}}]}}"#,
+            "y".repeat(1_000_000)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.len() < 400 && err.contains("commands[0].env.A"),
+            "{err}"
+        );
     }
 
     #[test]
