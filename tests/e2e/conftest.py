@@ -320,9 +320,18 @@ for line in sys.stdin:
     elif p.startswith("SAY:"):
         send({"type": "assistant", "text_blocks": [p[4:], "second block"]})
         send({"type": "result", "text": "said", "metadata": {"handler": "py"}})
-    elif p == "CRASH":
+    elif p.startswith("CRASH"):
         send({"type": "assistant", "text_blocks": ["about to crash"]})
+        sys.stderr.write("dying now" + p[5:] + "\n")
+        sys.stderr.flush()
         os._exit(3)
+    elif p.startswith("ORPHAN:"):
+        subprocess.Popen(p[7:].split())
+        os._exit(4)
+    elif p.startswith("STDERR:"):
+        sys.stderr.write("stderr says " + p[7:] + "\n")
+        sys.stderr.flush()
+        send({"type": "result", "text": "logged"})
     elif p == "GARBAGE":
         sys.stdout.write("this is not json at all\n")
         sys.stdout.flush()

@@ -133,6 +133,7 @@ def test_handler_crash_mid_invocation(start_runtime, py_handler):
             assert seen == [["about to crash"]]
             err = info.value.error
             assert "handler" in err.lower() and ("exit" in err.lower() or "3" in err), err
+            assert "dying now" in err, f"the handler's last stderr lines are not quoted: {err}"
             assert (await s.query("ECHO-ME", qopts(timeout=20))).data.text == "py:ECHO-ME"
 
     run(main())
@@ -146,8 +147,9 @@ def test_handler_printing_garbage(start_runtime, py_handler):
         async with client.session() as s:
             with pytest.raises(AgentRuntimeError) as info:
                 await s.query("GARBAGE", qopts(timeout=20))
-            err = info.value.error.lower()
-            assert "handler" in err and ("json" in err or "invalid" in err or "not json at all" in err), err
+            err = info.value.error
+            assert "handler" in err.lower(), err
+            assert "this is not json at all" in err, f"the offending line is not quoted: {err}"
             assert (await s.query("next", qopts(timeout=20))).data.text == "py:next"
 
     run(main())
@@ -261,3 +263,42 @@ def test_abort_through_the_client_with_a_handler(start_runtime, py_handler, tmp_
             assert (await s.query("PID", qopts())).data.text.isdigit()
 
     run(main())
+
+
+def test_crashed_handler_takes_its_children_with_it(start_runtime, py_handler, tmp_path):
+    """The handler starts a child (which inherits its stdout, as children do)
+    and exits with status 4 mid-invocation: the invocation must fail at once
+    with that exit, and the child must be ended with the handler's group."""
+    rt = start_runtime("--handler", str(py_handler))
+    marker = unique("handler-orphan-")
+    sleep_bin = sleeper(tmp_path, marker)
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        with pytest.raises(AgentRuntimeError) as info:
+            await client.query(f"ORPHAN:{sleep_bin} 60", qopts(timeout=10))
+        assert "4" in info.value.error, info.value.error
+        assert wait_until(lambda: not pgrep(marker), timeout=5), f"survivors: {pgrep(marker)}"
+        assert (await client.query("fresh", qopts(timeout=10))).data.text == "py:fresh"
+
+    run(main())
+
+
+def test_handler_stderr_goes_to_the_runtime_log(start_runtime, py_handler):
+    rt = start_runtime("--handler", str(py_handler))
+    result = run(RuntimeUseClient(ws_url=rt.url).query("STDERR:hello log", qopts()))
+    assert result.data.text == "logged"
+    assert wait_until(lambda: "stderr says hello log" in rt.log(), timeout=5)
+
+
+def test_unrunnable_handler_file_is_refused_at_startup(tmp_path):
+    path = tmp_path / "agent.txt"  # neither executable nor a known extension
+    path.write_text("not a program")
+    proc = subprocess.run(
+        [BIN, "--host", "127.0.0.1", "--port", str(free_port()), "--handler", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode != 0
+    assert "agent.txt" in proc.stderr, proc.stderr

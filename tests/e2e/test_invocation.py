@@ -131,3 +131,8 @@ def test_runtime_survives_many_one_shot_connections(echo_runtime):
 
     run(main())
     assert "version" in json.loads(echo_runtime.health())
+
+
+def test_agent_env_reaches_the_agent(echo_runtime):
+    result = query(echo_runtime.url, "ENV:MY_SETTING", agent_env={"MY_SETTING": "on", "OTHER": "x"})
+    assert result.data.text == "on"

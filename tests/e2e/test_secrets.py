@@ -282,3 +282,21 @@ def test_handler_log_lines_are_redacted(start_runtime, py_handler, secret):
     log = rt.log()
     assert f"handling about {R}" in log
     assert secret not in log
+
+
+def test_handler_stderr_and_crash_report_are_redacted(start_runtime, py_handler, secret):
+    rt = start_runtime("--handler", str(py_handler))
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as s:
+            assert (await s.query(f"STDERR:{secret}", qopts(secrets_to_redact=[secret]))).data.text == "logged"
+            with pytest.raises(AgentRuntimeError) as info:
+                await s.query(f"CRASH {secret}", qopts(secrets_to_redact=[secret]))
+            assert secret not in str(info.value)
+            assert "dying now" in info.value.error
+
+    run(main())
+    log = rt.log()
+    assert "stderr says" in log
+    assert secret not in log
