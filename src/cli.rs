@@ -98,6 +98,18 @@ pub struct Cli {
         value_name = "PEM"
     )]
     pub tls_key: Option<PathBuf>,
+
+    /// Downloads and uploads: longest time to connect (TCP + TLS).
+    #[arg(long, env = "RUNTIMEUSE_HTTP_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_connect_timeout: Duration,
+
+    /// Downloads and uploads: longest time without any progress.
+    #[arg(long, env = "RUNTIMEUSE_HTTP_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_read_timeout: Duration,
+
+    /// Extra root certificate(s) (PEM) trusted for downloads and uploads.
+    #[arg(long, env = "RUNTIMEUSE_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 const AFTER_HELP: &str = "\
@@ -133,6 +145,9 @@ impl Cli {
             auth_token: self.auth_token.filter(|t| !t.is_empty()),
             tls,
             shutdown_timeout: self.shutdown_timeout,
+            http_connect_timeout: self.http_connect_timeout,
+            http_read_timeout: self.http_read_timeout,
+            extra_ca_cert: self.ca_cert,
         }
     }
 }

@@ -43,6 +43,13 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Longest a graceful shutdown waits for sessions to wind down.
     pub shutdown_timeout: Duration,
+    /// Downloads and uploads: longest time to connect (TCP + TLS).
+    pub http_connect_timeout: Duration,
+    /// Downloads and uploads: longest time without progress.
+    pub http_read_timeout: Duration,
+    /// Extra root certificate(s), PEM, trusted for downloads and uploads
+    /// (a corporate proxy, a test server).
+    pub extra_ca_cert: Option<PathBuf>,
 }
 
 /// Paths of the PEM files that turn on TLS.
@@ -68,6 +75,9 @@ impl Default for Config {
             auth_token: None,
             tls: None,
             shutdown_timeout: Duration::from_secs(10),
+            http_connect_timeout: Duration::from_secs(10),
+            http_read_timeout: Duration::from_secs(30),
+            extra_ca_cert: None,
         }
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::handler_host::{self, HandlerCommand};
-use crate::http_client::HttpClient;
+use crate::http_client::{HttpClient, HttpOptions};
 use crate::session::{self, SessionShared};
 
 type Body = Full<Bytes>;
@@ -62,13 +62,14 @@ impl Server {
         config: Config,
         handler: HandlerCommand,
     ) -> anyhow::Result<Self> {
+        let http = http_client_for(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let shared = Arc::new(SessionShared {
             config: Arc::new(config),
             handler_command: Arc::new(handler),
-            http: HttpClient::default(),
+            http,
             shutdown: CancellationToken::new(),
         });
         Ok(Self {
@@ -123,6 +124,23 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The client every download and upload of this server uses.
+fn http_client_for(config: &Config) -> anyhow::Result<HttpClient> {
+    let options = HttpOptions {
+        connect_timeout: config.http_connect_timeout,
+        read_timeout: config.http_read_timeout,
+        ..HttpOptions::default()
+    };
+    let extra_ca = match &config.extra_ca_cert {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?,
+        ),
+        None => None,
+    };
+    HttpClient::new(options, extra_ca.as_deref()).context("cannot set up the HTTP client")
 }
 
 /// Serves HTTP on one connection (keep-alive, upgrades).
