@@ -1,0 +1,266 @@
+"""Faults the runtime must survive: SIGTERM mid-request, a client vanishing,
+a handler that hangs, an upload target that is down, a download server that
+stalls, a write that fails. After each, no process is left behind (the
+start_runtime fixture also checks the runtime's group on teardown)."""
+import asyncio
+import http.server
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+import uuid
+
+import pytest
+from runtimeuse_client import (
+    AgentRuntimeError,
+    ArtifactUploadResult,
+    CommandInterface,
+    ExecuteCommandsOptions,
+    QueryOptions,
+    RuntimeEnvironmentDownloadableInterface,
+    RuntimeUseClient,
+)
+
+from conftest import free_port, pgrep, run, wait_until
+
+
+def marker() -> str:
+    return "fault-" + uuid.uuid4().hex[:10]
+
+
+def tree_command(mark: str) -> str:
+    """A shell with a grandchild and a background job, all carrying `mark`."""
+    return f"sh -c 'sleep 60; echo {mark}' & sleep 60 # {mark}"
+
+
+def test_sigterm_cancels_running_request_with_a_terminal_and_exits_zero(start_runtime):
+    rt = start_runtime("--agent", "echo", "--kill-grace", "500ms")
+    mark = marker()
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        task = asyncio.create_task(
+            client.execute_commands([CommandInterface(command=tree_command(mark))], ExecuteCommandsOptions())
+        )
+        await asyncio.to_thread(wait_until, lambda: len(pgrep(mark)) >= 2)
+        rt.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(AgentRuntimeError) as err:
+            await task
+        return err.value
+
+    error = run(scenario())
+    assert error.error == "Request cancelled"
+    assert rt.proc.wait(10) == 0
+    assert wait_until(lambda: not pgrep(mark), timeout=2), pgrep(mark)
+
+
+def test_sigterm_closes_idle_sessions_promptly(start_runtime):
+    rt = start_runtime("--agent", "echo")
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as session:
+            await session.query("ECHO:up", QueryOptions(system_prompt="", model="echo"))
+            started = time.monotonic()
+            rt.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(rt.proc.wait, 10)
+            return code, time.monotonic() - started
+
+    code, took = run(scenario())
+    assert code == 0
+    assert took < 5, took
+
+
+def test_client_vanishing_mid_command_kills_the_tree_within_two_seconds(start_runtime):
+    rt = start_runtime("--agent", "echo")
+    mark = marker()
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        task = asyncio.create_task(
+            client.execute_commands([CommandInterface(command=tree_command(mark))], ExecuteCommandsOptions())
+        )
+        await asyncio.to_thread(wait_until, lambda: len(pgrep(mark)) >= 2)
+        task.cancel()  # the one-shot client closes its socket
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario())
+    assert wait_until(lambda: not pgrep(mark), timeout=2.5), pgrep(mark)
+    # The runtime is still healthy.
+    assert b'"status":"ok"' in rt.health()
+
+
+HANGING_HANDLER = """#!/bin/sh
+# {mark}
+while read line; do
+  case "$line" in
+    *HANG*) sleep 1000 ;;
+    *) printf '{{"type":"result","text":"answered"}}\\n' ;;
+  esac
+done
+"""
+
+
+def test_hung_handler_is_killed_and_the_next_request_works(start_runtime, tmp_path):
+    mark = marker()
+    handler = tmp_path / "hang.sh"
+    handler.write_text(HANGING_HANDLER.format(mark=mark))
+    handler.chmod(handler.stat().st_mode | stat.S_IXUSR)
+    rt = start_runtime("--handler", str(handler), "--handler-cancel-grace", "300ms", "--kill-grace", "300ms")
+    options = QueryOptions(system_prompt="", model="m")
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        with pytest.raises(TimeoutError):
+            await client.query("HANG", QueryOptions(system_prompt="", model="m", timeout=1))
+        # The dropped connection cancels; the handler ignores the cancel and is killed.
+        gone = await asyncio.to_thread(wait_until, lambda: not pgrep(mark), 5)
+        result = await client.query("hello", options)
+        return gone, result
+
+    gone, result = run(scenario())
+    assert gone, "hung handler still running"
+    assert result.data.text == "answered"
+
+
+def test_upload_target_down_still_completes_and_logs_the_failure(start_runtime, tmp_path):
+    rt = start_runtime("--agent", "echo")
+    out = tmp_path / "out"
+    dead_port = free_port()  # nothing listens there
+
+    async def on_upload(request):
+        return ArtifactUploadResult(
+            presigned_url=f"http://127.0.0.1:{dead_port}/bucket/{request.filename}?X-Amz-Signature=topsecretsig",
+            content_type="text/plain",
+        )
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        started = time.monotonic()
+        result = await client.execute_commands(
+            [CommandInterface(command=f"echo data > {out}/a.txt")],
+            ExecuteCommandsOptions(artifacts_dirs=[str(out)], on_artifact_upload_request=on_upload),
+        )
+        return result, time.monotonic() - started
+
+    result, took = run(scenario())
+    assert result.results[0].exit_code == 0
+    assert took < 10, took
+    log = rt.log()
+    assert "a.txt" in log and "upload" in log.lower()
+    assert "topsecretsig" not in log
+
+
+class StallingHandler(http.server.BaseHTTPRequestHandler):
+    """Sends headers and a little body, then stalls until the test ends."""
+
+    release = threading.Event()
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        self.wfile.write(b"x" * 10)
+        self.wfile.flush()
+        self.release.wait(30)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_stalled_download_fails_clearly_within_the_timeout(start_runtime, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StallingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rt = start_runtime("--agent", "echo", "--http-read-timeout", "300ms")
+    url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        started = time.monotonic()
+        with pytest.raises(AgentRuntimeError) as err:
+            await client.execute_commands(
+                [CommandInterface(command="echo never")],
+                ExecuteCommandsOptions(pre_execution_downloadables=[
+                    RuntimeEnvironmentDownloadableInterface(download_url=url, working_dir=str(tmp_path / "dl"))
+                ]),
+            )
+        return err.value, time.monotonic() - started
+
+    try:
+        error, took = run(scenario())
+    finally:
+        StallingHandler.release.set()
+        server.shutdown()
+    assert error.error.startswith("Download failed"), error.error
+    assert "big.bin" in error.error and "timed out" in error.error, error.error
+    assert took < 8, took
+
+
+class FileHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"payload"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_write_error_during_download_is_surfaced(start_runtime, tmp_path):
+    """The download's destination cannot be written (a directory holds its
+    name): the request fails with the reason, the session goes on."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    workdir = tmp_path / "dl"
+    (workdir / "data.txt").mkdir(parents=True)
+    rt = start_runtime("--agent", "echo")
+    url = f"http://127.0.0.1:{server.server_address[1]}/data.txt"
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as session:
+            with pytest.raises(AgentRuntimeError) as err:
+                await session.execute_commands(
+                    [CommandInterface(command="echo never")],
+                    ExecuteCommandsOptions(pre_execution_downloadables=[
+                        RuntimeEnvironmentDownloadableInterface(download_url=url, working_dir=str(workdir))
+                    ]),
+                )
+            after = await session.execute_commands([CommandInterface(command="echo fine")], ExecuteCommandsOptions())
+        return err.value, after
+
+    try:
+        error, after = run(scenario())
+    finally:
+        server.shutdown()
+    assert error.error.startswith("Download failed"), error.error
+    assert after.results[0].stdout == "fine\n"
+
+
+def test_health_stays_responsive_while_commands_run(start_runtime):
+    rt = start_runtime("--agent", "echo")
+    mark = marker()
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        task = asyncio.create_task(client.execute_commands(
+            [CommandInterface(command=f"yes {mark} | head -c 50000000 > /dev/null; sleep 1 # {mark}")],
+            ExecuteCommandsOptions(),
+        ))
+        await asyncio.to_thread(wait_until, lambda: bool(pgrep(mark)))
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            body = await asyncio.to_thread(rt.health)
+            timings.append(time.monotonic() - started)
+            assert b'"status":"ok"' in body
+        await task
+        return timings
+
+    timings = run(scenario())
+    assert max(timings) < 0.5, timings
