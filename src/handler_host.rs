@@ -290,6 +290,10 @@ enum Event {
     ReadFailed(String),
 }
 
+/// After the handler process exits, how long its remaining output may
+/// take to arrive before the invocation is failed as a crash.
+const EXIT_DRAIN: Duration = Duration::from_millis(200);
+
 /// A running handler process.
 struct Live {
     child: Child,
@@ -551,11 +555,16 @@ impl HandlerHost {
         }
 
         let mut cancel_deadline: Option<Instant> = None;
+        // Set when the handler process exited: its last lines may still be
+        // in the pipe, but a child it left behind can hold the pipe open,
+        // so EOF may never come.
+        let mut exit_deadline: Option<Instant> = None;
         let mut heard = false;
         loop {
             enum Wake {
                 Cancel,
                 GraceOver,
+                Exited,
                 Event(Option<Event>),
             }
             let live = self.live.as_mut().expect("spawned");
@@ -565,9 +574,16 @@ impl HandlerHost {
                 _ = sleep_until(cancel_deadline.unwrap_or_else(Instant::now)),
                     if cancel_deadline.is_some() => Wake::GraceOver,
                 ev = live.events.recv() => Wake::Event(ev),
+                _ = live.child.wait(), if exit_deadline.is_none() => Wake::Exited,
+                _ = sleep_until(exit_deadline.unwrap_or_else(Instant::now)),
+                    if exit_deadline.is_some() => Wake::Event(None),
             };
             let cancelling = cancel_deadline.is_some();
             let event = match wake {
+                Wake::Exited => {
+                    exit_deadline = Some(Instant::now() + EXIT_DRAIN);
+                    continue;
+                }
                 Wake::Cancel => {
                     cancel_deadline = Some(Instant::now() + ctx.cancel_grace);
                     let msg = cancel_line(&inv.id);
@@ -1711,10 +1727,12 @@ done
         assert_eq!(cmd.program, std::env::current_exe().unwrap());
         assert_eq!(cmd.args, [ECHO_SUBCOMMAND]);
 
-        let err = resolve(&AgentSource::Bundled("openai".into()))
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "bundled handler openai not available yet");
+        for name in ["openai", "claude"] {
+            let cmd = resolve(&AgentSource::Bundled(name.into())).unwrap();
+            assert!(cmd.program.ends_with("python3"), "{cmd:?}");
+            let script = std::fs::read_to_string(&cmd.args[0]).unwrap();
+            assert_eq!(script, crate::bundled::script(name).unwrap());
+        }
 
         let err = resolve(&AgentSource::Bundled("gpt".into()))
             .unwrap_err()
