@@ -72,6 +72,12 @@ pub struct Cli {
     #[arg(long, env = "RUNTIMEUSE_MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: usize,
 
+    /// Longest a new connection may take for its TLS handshake, and for its
+    /// HTTP request head (idle keep-alive connections are closed after it too;
+    /// 0 turns it off).
+    #[arg(long, env = "RUNTIMEUSE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// Longest a graceful shutdown (SIGTERM) waits for sessions to finish.
     #[arg(long, env = "RUNTIMEUSE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -142,6 +148,7 @@ impl Cli {
             artifact_flush_timeout: self.artifact_flush_timeout,
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
             auth_token: self.auth_token.filter(|t| !t.is_empty()),
             tls,
             shutdown_timeout: self.shutdown_timeout,

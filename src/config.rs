@@ -15,7 +15,10 @@ pub enum AgentSource {
 }
 
 /// Everything a server needs; `Default` is the CLI's defaults.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows `auth_token` as `Some("[REDACTED]")`, so logging a config
+/// never leaks the token.
+#[derive(Clone)]
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -35,8 +38,12 @@ pub struct Config {
     pub artifact_flush_timeout: Duration,
     /// Largest inbound WebSocket message accepted.
     pub max_message_bytes: usize,
-    /// Most simultaneous client connections.
+    /// Most simultaneous client connections (WebSocket sessions).
     pub max_connections: usize,
+    /// Longest a new connection may take to finish its TLS handshake, and
+    /// (separately) to send a complete HTTP request head, before it is
+    /// dropped. Also closes idle keep-alive HTTP connections.
+    pub handshake_timeout: Duration,
     /// Shared secret a client must present, if set.
     pub auth_token: Option<String>,
     /// PEM certificate chain and key for `wss://`, if set.
@@ -72,6 +79,7 @@ impl Default for Config {
             artifact_flush_timeout: Duration::from_secs(30),
             max_message_bytes: 16 * 1024 * 1024,
             max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
             auth_token: None,
             tls: None,
             shutdown_timeout: Duration::from_secs(10),
@@ -79,5 +87,45 @@ impl Default for Config {
             http_read_timeout: Duration::from_secs(30),
             extra_ca_cert: None,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("agent", &self.agent)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("kill_grace", &self.kill_grace)
+            .field("handler_cancel_grace", &self.handler_cancel_grace)
+            .field("stdout_head_bytes", &self.stdout_head_bytes)
+            .field("stdout_tail_bytes", &self.stdout_tail_bytes)
+            .field("artifact_flush_timeout", &self.artifact_flush_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("tls", &self.tls)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_auth_token() {
+        let config = Config {
+            auth_token: Some("hunter2-token".into()),
+            ..Default::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2-token"), "{shown}");
+        assert!(shown.contains("[REDACTED]"), "{shown}");
     }
 }

@@ -19,10 +19,12 @@
 //! Where things live: [`server`] accepts connections, [`session`] runs one
 //! connection, [`request`] is one request's pipeline, [`commands`] runs shell
 //! commands, [`handler_host`] runs agent handlers, [`redact`] scrubs
-//! secrets, [`wire`] is the client protocol.
+//! secrets, [`wire`] is the client protocol, [`auth`] checks the token and
+//! [`tls`] loads the certificate.
 
 pub mod archive;
 pub mod artifacts;
+pub mod auth;
 pub mod bundled;
 pub mod cli;
 pub mod commands;
@@ -37,6 +39,7 @@ pub mod redact;
 pub mod request;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod wire;
 
 pub use config::{AgentSource, Config};

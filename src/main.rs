@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use runtimeuse::cli::Cli;
 use runtimeuse::server::Server;
+use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -38,29 +39,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: runtimeuse::Config) -> anyhow::Result<()> {
+    // Installed before the port opens: a SIGTERM the moment a supervisor
+    // sees the port must already mean a graceful shutdown.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let server = Server::bind(config).await?;
-    tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
         tracing::info!("shutting down: no new connections, cancelling running requests");
         shutdown.cancel();
     });
+    tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
     server.run().await
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 fn init_logging() {

@@ -8,7 +8,7 @@
 //! write half and the only place that redacts, so no message can skip
 //! redaction.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use futures_util::{Sink, SinkExt, StreamExt};
 use serde_json::Value;
@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -93,6 +95,10 @@ struct Session {
     handler: Arc<AsyncMutex<HandlerHost>>,
     artifacts: Artifacts,
     current: Option<Running>,
+    /// Why the runtime closes the connection, if not a normal close: the
+    /// writer sends it as the close frame's code (1009 for a message over
+    /// `--max-message-bytes`).
+    close_reason: Arc<OnceLock<CloseFrame>>,
     /// `end_session_message` arrived: confirm once the current request ends.
     ending: bool,
     requests_started: u64,
@@ -113,7 +119,14 @@ where
     let (outbox, rx) = Outbox::channel(OUTBOX_CAPACITY);
     let secrets = SessionSecrets::default();
     let writer_stop = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(sink, rx, secrets.clone(), writer_stop.clone()));
+    let close_reason = Arc::new(OnceLock::new());
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        secrets.clone(),
+        writer_stop.clone(),
+        close_reason.clone(),
+    ));
     let handler = HandlerHost::new(shared.handler_command.clone());
     let mut session = Session {
         shared: shared.clone(),
@@ -122,6 +135,7 @@ where
         handler: Arc::new(AsyncMutex::new(handler)),
         artifacts: Artifacts::new(outbox.clone(), uploader(shared.http.clone())),
         current: None,
+        close_reason,
         ending: false,
         requests_started: 0,
     };
@@ -211,6 +225,12 @@ impl Session {
             None => Flow::Close,
             Some(Err(e)) => {
                 tracing::info!(error = %e, "connection error");
+                if let tungstenite::Error::Capacity(too_big) = &e {
+                    let _ = self.close_reason.set(CloseFrame {
+                        code: CloseCode::Size,
+                        reason: format!("{too_big} (--max-message-bytes)").into(),
+                    });
+                }
                 Flow::Close
             }
             Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -364,6 +384,7 @@ async fn write_loop<S>(
     mut rx: mpsc::Receiver<OutboundMessage>,
     secrets: SessionSecrets,
     stop: CancellationToken,
+    close_reason: Arc<OnceLock<CloseFrame>>,
 ) where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
@@ -378,6 +399,9 @@ async fn write_loop<S>(
             tracing::info!(error = %e, "could not write to the client; dropping the writer");
             return;
         }
+    }
+    if let Some(reason) = close_reason.get() {
+        let _ = sink.send(Message::Close(Some(reason.clone()))).await;
     }
     let _ = sink.close().await;
 }
