@@ -5,6 +5,7 @@ Every test gets fresh runtimes from `start_runtime`; on teardown each is
 stopped with SIGTERM and must exit 0 with no process of its group left.
 """
 import asyncio
+import itertools
 import os
 import pathlib
 import signal
@@ -114,14 +115,16 @@ class Runtime:
 @pytest.fixture
 def start_runtime(tmp_path):
     started = []
+    attempts = itertools.count()
 
     def start(*args, env=None, scheme="ws"):
+        # Numbered by attempt, not by success: a runtime that fails to start
+        # (tests of startup errors) must not make the next one collide.
+        n = next(attempts)
         # Started in the test's own directory: a stray relative path lands there.
-        workdir = tmp_path / f"runtime-{len(started)}-cwd"
+        workdir = tmp_path / f"runtime-{n}-cwd"
         workdir.mkdir()
-        rt = Runtime(
-            list(args), env=env, log_path=tmp_path / f"runtime-{len(started)}.log", scheme=scheme, cwd=workdir
-        )
+        rt = Runtime(list(args), env=env, log_path=tmp_path / f"runtime-{n}.log", scheme=scheme, cwd=workdir)
         started.append(rt)
         return rt
 
