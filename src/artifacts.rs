@@ -420,6 +420,22 @@ impl Artifacts {
         }
     }
 
+    /// End of session: [`flush`](Self::flush), after forgetting every
+    /// announcement still unanswered so the scan announces those files
+    /// again. An announcement made between requests can reach a client
+    /// request that has no upload callback, which drops it; at the end of
+    /// a session the client answers with its last callback.
+    pub async fn drain(&self, bound: Duration) -> FlushReport {
+        {
+            let mut state = self.inner.state();
+            let unanswered: Vec<PathBuf> = state.pending.drain().map(|(path, _)| path).collect();
+            for path in unanswered {
+                state.known.remove(&path);
+            }
+        }
+        self.flush(bound).await
+    }
+
     /// Settles before a terminal message: scans every watched dir and
     /// announces whatever is new or changed, then waits until every
     /// announcement made since the previous flush is answered and its

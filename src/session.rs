@@ -346,7 +346,7 @@ impl Session {
         let bound = self.shared.config.artifact_flush_timeout;
         async move {
             if artifacts.is_active() {
-                let report = artifacts.flush(bound).await;
+                let report = artifacts.drain(bound).await;
                 tracing::info!(?report, "artifacts drained at session end");
             }
         }
