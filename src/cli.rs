@@ -41,31 +41,31 @@ pub struct Cli {
     pub host: IpAddr,
 
     /// Interval between heartbeat_message while a request runs (e.g. 15s, 500ms).
-    #[arg(long, env = "RUNTIMEUSE_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub heartbeat_interval: Duration,
 
     /// Grace between SIGTERM and SIGKILL when a process tree is stopped.
-    #[arg(long, env = "RUNTIMEUSE_KILL_GRACE", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_KILL_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub kill_grace: Duration,
 
     /// How long a handler may take to acknowledge a cancel before it is killed.
-    #[arg(long, env = "RUNTIMEUSE_HANDLER_CANCEL_GRACE", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_HANDLER_CANCEL_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub handler_cancel_grace: Duration,
 
     /// Bytes of each command's stdout kept from its start in the terminal result.
-    #[arg(long, env = "RUNTIMEUSE_STDOUT_HEAD_BYTES", default_value_t = 128 * 1024)]
+    #[arg(long, env = "RUNTIMEUSE_STDOUT_HEAD_BYTES", value_name = "BYTES", default_value_t = 128 * 1024)]
     pub stdout_head_bytes: usize,
 
     /// Bytes of each command's stdout kept from its end in the terminal result.
-    #[arg(long, env = "RUNTIMEUSE_STDOUT_TAIL_BYTES", default_value_t = 128 * 1024)]
+    #[arg(long, env = "RUNTIMEUSE_STDOUT_TAIL_BYTES", value_name = "BYTES", default_value_t = 128 * 1024)]
     pub stdout_tail_bytes: usize,
 
     /// Longest wait for artifact uploads before a request's terminal message.
-    #[arg(long, env = "RUNTIMEUSE_ARTIFACT_FLUSH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_ARTIFACT_FLUSH_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub artifact_flush_timeout: Duration,
 
     /// Largest inbound WebSocket message, in bytes.
-    #[arg(long, env = "RUNTIMEUSE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "RUNTIMEUSE_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
     /// Most simultaneous client connections.
@@ -75,11 +75,11 @@ pub struct Cli {
     /// Longest a new connection may take for its TLS handshake, and for its
     /// HTTP request head (idle keep-alive connections are closed after it too;
     /// 0 turns it off).
-    #[arg(long, env = "RUNTIMEUSE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub handshake_timeout: Duration,
 
     /// Longest a graceful shutdown (SIGTERM) waits for sessions to finish.
-    #[arg(long, env = "RUNTIMEUSE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
 
     /// Shared secret clients must present (ws://:TOKEN@host, ?token=TOKEN,
@@ -106,11 +106,11 @@ pub struct Cli {
     pub tls_key: Option<PathBuf>,
 
     /// Downloads and uploads: longest time to connect (TCP + TLS).
-    #[arg(long, env = "RUNTIMEUSE_HTTP_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_HTTP_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub http_connect_timeout: Duration,
 
     /// Downloads and uploads: longest time without any progress.
-    #[arg(long, env = "RUNTIMEUSE_HTTP_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "RUNTIMEUSE_HTTP_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub http_read_timeout: Duration,
 
     /// Extra root certificate(s) (PEM) trusted for downloads and uploads.

@@ -60,7 +60,7 @@ def wait_until(predicate, timeout=10.0, interval=0.02):
 class Runtime:
     """One running `runtimeuse` process."""
 
-    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None):
+    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None):
         self.port = free_port()
         self.scheme = scheme
         self.log_path = log_path
@@ -74,6 +74,7 @@ class Runtime:
             env=full_env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
         self._wait_ready()
 
@@ -117,14 +118,21 @@ def start_runtime(tmp_path):
     started = []
     attempts = itertools.count()
 
-    def start(*args, env=None, scheme="ws"):
+    def start(*args, env=None, scheme="ws", preexec_fn=None):
         # Numbered by attempt, not by success: a runtime that fails to start
         # (tests of startup errors) must not make the next one collide.
         n = next(attempts)
         # Started in the test's own directory: a stray relative path lands there.
         workdir = tmp_path / f"runtime-{n}-cwd"
         workdir.mkdir()
-        rt = Runtime(list(args), env=env, log_path=tmp_path / f"runtime-{n}.log", scheme=scheme, cwd=workdir)
+        rt = Runtime(
+            list(args),
+            env=env,
+            log_path=tmp_path / f"runtime-{n}.log",
+            scheme=scheme,
+            cwd=workdir,
+            preexec_fn=preexec_fn,
+        )
         started.append(rt)
         return rt
 

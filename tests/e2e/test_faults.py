@@ -242,6 +242,62 @@ def test_write_error_during_download_is_surfaced(start_runtime, tmp_path):
     assert after.results[0].stdout == "fine\n"
 
 
+class BigFileHandler(http.server.BaseHTTPRequestHandler):
+    size = 3 * 1024 * 1024
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.size))
+        self.end_headers()
+        chunk = b"z" * 65536
+        for _ in range(self.size // len(chunk)):
+            self.wfile.write(chunk)
+
+    def log_message(self, *args):
+        pass
+
+
+def limit_file_size():
+    """In the runtime's process: files may not grow past 1 MiB (a full
+    disk, as far as the writer can tell). SIGXFSZ is ignored so the write
+    fails with EFBIG instead of the signal killing the process."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))
+
+
+def test_disk_full_during_download_is_a_clear_error(start_runtime, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BigFileHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rt = start_runtime("--agent", "echo", preexec_fn=limit_file_size)
+    workdir = tmp_path / "dl"
+    url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as session:
+            with pytest.raises(AgentRuntimeError) as err:
+                await session.execute_commands(
+                    [CommandInterface(command="echo never")],
+                    ExecuteCommandsOptions(pre_execution_downloadables=[
+                        RuntimeEnvironmentDownloadableInterface(download_url=url, working_dir=str(workdir))
+                    ]),
+                )
+            after = await session.execute_commands([CommandInterface(command="echo fine")], ExecuteCommandsOptions())
+        return err.value, after
+
+    try:
+        error, after = run(scenario())
+    finally:
+        server.shutdown()
+    assert error.error.startswith("Download failed"), error.error
+    assert "big.bin" in error.error and "too large" in error.error.lower(), error.error
+    assert after.results[0].stdout == "fine\n"
+    # The partial file is not left behind under any name.
+    assert not any(p.is_file() for p in workdir.rglob("*")), list(workdir.rglob("*"))
+
+
 def test_health_stays_responsive_while_commands_run(start_runtime):
     rt = start_runtime("--agent", "echo")
     mark = marker()
