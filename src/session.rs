@@ -45,7 +45,9 @@ const MAX_COMMAND_ECHO_BYTES: usize = 4096;
 
 /// What every session of a server shares.
 pub struct SessionShared {
+    /// The server's settings, read by every request.
     pub config: Arc<Config>,
+    /// How to start the agent handler; each session starts its own process.
     pub handler_command: Arc<HandlerCommand>,
     /// One HTTP client for every download and upload of the server.
     pub http: HttpClient,
