@@ -4,7 +4,7 @@
 //! The reader never waits on work: requests run as their own tasks, so
 //! pings, `cancel_message` and artifact responses are handled while a
 //! command or the agent is busy. All output funnels through one
-//! [`Outbox`] into [`write_loop`], the only place that touches the socket's
+//! [`Outbox`] into `write_loop`, the only place that touches the socket's
 //! write half and the only place that redacts, so no message can skip
 //! redaction.
 
