@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 /// Which archive formats are unpacked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveKind {
+    /// `.zip`; every name is checked before anything is written.
     Zip,
+    /// Gzip-compressed tar (`.tar.gz`, `.tgz`); checked entry by entry.
     TarGz,
 }
 
@@ -72,39 +74,74 @@ impl Default for ArchiveLimits {
 /// What an unpack produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnpackStats {
+    /// Entries unpacked (files, directories and links), as counted against
+    /// [`ArchiveLimits::max_entries`].
     pub entries: u64,
+    /// File bytes actually written (not the sizes headers declared).
     pub bytes: u64,
 }
 
 /// Why an archive was not (completely) unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    /// The entry's normalised path climbs above the target with `..`.
     #[error("archive entry {0:?} escapes the target directory")]
     Escapes(String),
+    /// The entry's path starts with `/`.
     #[error("archive entry {0:?} has an absolute path")]
     AbsolutePath(String),
+    /// The entry's name contains NUL or names no file (e.g. only `.`).
     #[error("archive entry {0:?} has an invalid name")]
     InvalidName(String),
+    /// A symlink whose target is absolute or leads out of the target.
     #[error("archive symlink {name:?} points outside the target directory (to {target:?})")]
-    SymlinkEscapes { name: String, target: String },
+    SymlinkEscapes {
+        /// The link entry's name in the archive.
+        name: String,
+        /// The link target as stored in the archive.
+        target: String,
+    },
+    /// A tar hard link whose target is not an existing regular file inside
+    /// the target directory, reached through real directories.
     #[error(
         "archive hard link {name:?} must point to a regular file inside the archive (not {target:?})"
     )]
-    BadHardLink { name: String, target: String },
+    BadHardLink {
+        /// The link entry's name in the archive.
+        name: String,
+        /// The link target as stored in the archive.
+        target: String,
+    },
+    /// A parent directory of the entry is a symlink (existing or unpacked
+    /// earlier); writing would follow it.
     #[error("archive entry {0:?} would be written through a symlink")]
     ThroughSymlink(String),
+    /// A directory is needed where a file exists, or the reverse.
     #[error("archive entry {0:?} conflicts with an existing directory or file")]
     Conflict(String),
+    /// Bytes written passed [`ArchiveLimits::max_bytes`] (the limit).
     #[error("archive unpacks to more than {0} bytes")]
     TooLarge(u64),
+    /// Entries passed [`ArchiveLimits::max_entries`] (the limit).
     #[error("archive has more than {0} entries")]
     TooManyEntries(u64),
+    /// The zip could not be read (malformed or truncated); the decoder's
+    /// reason.
     #[error("invalid zip archive: {0}")]
     Zip(String),
+    /// The gzip or tar stream could not be read (malformed or truncated);
+    /// the decoder's reason.
     #[error("invalid tar.gz archive: {0}")]
     Tar(String),
+    /// A filesystem operation failed (e.g. disk full, permission denied).
     #[error("cannot unpack to {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory being written when it failed.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The request was cancelled; what was unpacked has been removed.
     #[error("unpacking was cancelled")]
     Cancelled,
 }

@@ -90,8 +90,12 @@ const MAX_CONCURRENT_UPLOADS: usize = 8;
 /// One upload for the [`UploadFn`]: PUT the bytes of `path` to `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadJob {
+    /// The client's presigned URL; holds credentials in its query, so never
+    /// log it whole.
     pub url: String,
+    /// Canonical path of the announced file, streamed from disk.
     pub path: PathBuf,
+    /// The client's `Content-Type` for the PUT; empty means none.
     pub content_type: String,
 }
 
@@ -102,12 +106,25 @@ pub type UploadFn = Arc<dyn Fn(UploadJob) -> BoxFuture<'static, Result<(), Strin
 /// Why a directory could not be watched; the text goes to the client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArtifactError {
+    /// The client listed `""` as a directory.
     #[error("artifacts dir is an empty path")]
     EmptyPath,
+    /// The path (or one of its parents) exists and is not a directory.
     #[error("artifacts dir {dir} is not a directory")]
-    NotADirectory { dir: String },
+    NotADirectory {
+        /// The directory as the client gave it.
+        dir: String,
+    },
+    /// Creating or resolving the directory failed (e.g. permission denied).
     #[error("cannot watch {dir}: {reason}")]
-    CannotWatch { dir: String, reason: String },
+    CannotWatch {
+        /// The directory as the client gave it.
+        dir: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// Called outside a tokio runtime, where the watcher cannot run; a bug
+    /// in the embedding program, not the client's fault.
     #[error("artifacts can only be watched from within the tokio runtime")]
     NoRuntime,
 }

@@ -98,7 +98,12 @@ pub enum CommandError {
     Cancelled,
     /// The command never ran; `command` is already redacted.
     #[error("Command `{command}` could not start: {reason}")]
-    Start { command: String, reason: String },
+    Start {
+        /// The command text, redacted.
+        command: String,
+        /// Why the spawn failed (e.g. `cwd` is a file).
+        reason: String,
+    },
     /// Output could not be delivered; the command's process group is gone.
     #[error("the client connection is closed")]
     ClientGone,

@@ -62,7 +62,9 @@ pub struct Config {
 /// Paths of the PEM files that turn on TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
+    /// Certificate chain, leaf first (`--tls-cert`).
     pub cert: PathBuf,
+    /// Private key of the leaf certificate (`--tls-key`); unencrypted PEM.
     pub key: PathBuf,
 }
 

@@ -24,12 +24,15 @@ use crate::wire::Downloadable;
 /// secret redaction by the session) and never holds a URL's query string.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
+    /// One item failed; the downloads after it were not attempted.
     #[error("Download failed: {url}: {reason}")]
     Failed {
         /// The URL as [`display_url`] shows it.
         url: String,
+        /// What went wrong, worded for the client.
         reason: DownloadFailure,
     },
+    /// The request was cancelled; the partial file has been removed.
     #[error("Request cancelled")]
     Cancelled,
 }
@@ -37,16 +40,33 @@ pub enum DownloadError {
 /// The reason part of [`DownloadError::Failed`].
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadFailure {
+    /// The URL was refused or the fetch failed (after any retries).
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// The URL's last path segment is not a safe file name (empty, `.`,
+    /// `..`, or contains `/` or NUL once decoded).
     #[error("cannot name the file: {0}")]
     FileName(String),
+    /// The downloadable gave no `working_dir`.
     #[error("working_dir is empty")]
     NoWorkingDir,
+    /// `working_dir` could not be created.
     #[error("cannot create working_dir {}: {source}", path.display())]
-    WorkingDir { path: PathBuf, source: io::Error },
+    WorkingDir {
+        /// The directory as the client gave it.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The complete download could not be renamed to its final name.
     #[error("cannot save {}: {source}", path.display())]
-    Save { path: PathBuf, source: io::Error },
+    Save {
+        /// The final path the file was to get.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The archive was refused or failed to unpack; what it wrote is gone.
     #[error(transparent)]
     Archive(ArchiveError),
 }

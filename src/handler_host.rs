@@ -77,7 +77,11 @@ const EVENT_QUEUE: usize = 64;
 /// A handler program ready to spawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerCommand {
+    /// Absolute path of the executable (the handler, its interpreter, or the
+    /// runtime binary itself for the bundled echo handler).
     pub program: PathBuf,
+    /// Fixed arguments, e.g. the script for an interpreter or
+    /// [`ECHO_SUBCOMMAND`]; nothing from the client is ever added.
     pub args: Vec<String>,
     /// How the handler is named in logs and errors.
     pub display: String,
@@ -88,9 +92,13 @@ pub struct HandlerCommand {
 pub struct Invocation {
     /// Opaque id chosen by the runtime; the handler echoes it back.
     pub id: String,
+    /// The client's label for the request, for the handler's logs.
     pub source_id: Option<String>,
+    /// The client's system prompt; empty when it sent none.
     pub system_prompt: String,
+    /// The task for the agent.
     pub user_prompt: String,
+    /// Model identifier; empty means the handler's default.
     pub model: String,
     /// `{"type":"json_schema","schema":{..}}` when the client asked for one.
     pub output_format: Option<Value>,
@@ -102,8 +110,12 @@ pub struct Invocation {
 
 /// What an invocation needs from the session.
 pub struct InvokeContext<'a> {
+    /// Where `assistant_message`s are streamed while the handler works.
     pub outbox: &'a Outbox,
+    /// Applied to everything forwarded, returned or logged from the handler.
     pub redactor: &'a Redactor,
+    /// Fired on cancel/disconnect: the handler is sent `cancel`, then killed
+    /// after `cancel_grace` if it has not answered.
     pub cancel: &'a CancellationToken,
     /// After sending `cancel`, how long the handler has to finish.
     pub cancel_grace: Duration,
@@ -114,7 +126,9 @@ pub struct InvokeContext<'a> {
 /// A successful invocation's result, redacted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentOutput {
+    /// Text, or a structured-output object when an output format was asked.
     pub data: wire::ResultData,
+    /// The handler's metadata; `{}` when it sent none.
     pub metadata: Map<String, Value>,
 }
 
@@ -127,7 +141,9 @@ pub enum HandlerError {
     /// The handler sent `{"type":"error"}`.
     #[error("{error}")]
     Reported {
+        /// The handler's error text, passed to the client as is (redacted).
         error: String,
+        /// The handler's metadata; `{}` when it sent none.
         metadata: Map<String, Value>,
     },
     /// The handler could not be started, crashed, or broke the protocol.
@@ -321,6 +337,8 @@ pub struct HandlerHost {
 }
 
 impl HandlerHost {
+    /// A host with no child yet: the handler is spawned on the first
+    /// invocation, so a session that only runs commands never starts one.
     pub fn new(command: Arc<HandlerCommand>) -> Self {
         Self {
             command,

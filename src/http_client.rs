@@ -91,31 +91,54 @@ impl fmt::Display for TimeoutPhase {
 /// never contains a URL's query string or credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
+    /// Anything but `http`/`https` (e.g. `file`, `ftp`); holds the scheme.
     #[error("unsupported URL scheme {0:?} (only http and https are allowed)")]
     UnsupportedScheme(String),
+    /// The URL (or a redirect target) cannot be parsed or has no host.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
+    /// A setting of ours is unusable (bad `--ca-cert`, bad `Content-Type`),
+    /// not the remote server's fault; never retried.
     #[error("invalid client configuration: {0}")]
     InvalidConfig(String),
+    /// DNS lookup failed; retried.
     #[error("could not resolve host {host:?}: {reason}")]
-    Resolve { host: String, reason: String },
+    Resolve {
+        /// The host name looked up.
+        host: String,
+        /// The resolver's error.
+        reason: String,
+    },
+    /// The last address tried refused the connection (nothing listening);
+    /// holds that address. Retried.
     #[error("connection refused ({0})")]
     ConnectionRefused(String),
+    /// Any other failure to establish the connection; retried.
     #[error("could not connect: {0}")]
     Connect(String),
+    /// The TLS handshake was rejected (e.g. untrusted or mismatched
+    /// certificate); not retried, since trying again will not fix it.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    /// A wait ran out; retried.
     #[error("timed out after {} {phase}", fmt_duration(*.after))]
     Timeout {
+        /// The configured timeout that expired.
         after: Duration,
+        /// Whether connecting or waiting for data timed out.
         phase: TimeoutPhase,
     },
+    /// The response (after redirects) was not 2xx; retried only for 5xx.
     #[error("HTTP {}", status_line(*.0))]
     Status(StatusCode),
+    /// More redirects than allowed; holds the limit.
     #[error("too many redirects (more than {0})")]
     TooManyRedirects(usize),
+    /// A 3xx whose `Location` is missing or unparsable; holds the status.
     #[error("HTTP {} redirect without a usable Location header", .0.as_u16())]
     BadRedirect(StatusCode),
+    /// The connection broke after the request was sent (e.g. a reset or a
+    /// truncated body); retried.
     #[error("connection failed mid-transfer: {0}")]
     Transfer(String),
     /// A local file could not be read or written.

@@ -30,27 +30,44 @@ use crate::wire::{
 /// client's `AgentRuntimeError` will carry.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// `cancel_message` or a disconnect; no artifact flush precedes it.
     #[error("Request cancelled")]
     Cancelled,
+    /// The outbox is closed, so the terminal will not reach anyone; the
+    /// pipeline stops early and skips the artifact flush.
     #[error("the client connection is closed")]
     ClientGone,
+    /// The request's own fields are unusable (e.g. a bad output format or
+    /// an artifact directory that cannot be watched); the text says which.
     #[error("{0}")]
     Invalid(String),
+    /// The request asks for something this runtime does not do.
     #[error("{0}")]
     Unsupported(String),
+    /// A pre- or post-agent command exited non-zero; metadata carries
+    /// `{command, exit_code}` so the client can act on it.
     #[error("{kind} command `{command}` failed with exit code: {exit_code}")]
     CommandFailed {
+        /// `Pre-agent` or `Post-agent`, the start of the error text.
         kind: &'static str,
+        /// The command text as the client sent it.
         command: String,
+        /// The non-zero exit status (128+N for signal N).
         exit_code: i32,
     },
+    /// A command could not be run at all (e.g. its `cwd` is a file).
     #[error("{0}")]
     Command(String),
+    /// A downloadable failed; the text is `Download failed: <url>: <reason>`.
     #[error("{0}")]
     Download(String),
+    /// The handler reported an error or failed (crash, protocol error).
     #[error("{error}")]
     Agent {
+        /// The handler's error text, or the runtime's description of the
+        /// failure.
         error: String,
+        /// The handler's metadata; empty when the runtime made the error.
         metadata: Map<String, Value>,
     },
 }
@@ -126,12 +143,17 @@ impl Phase {
 
 /// Everything a pipeline needs, owned so the request can run as its own task.
 pub struct RequestContext {
+    /// The session's outbound queue; every message is redacted on the way.
     pub outbox: Outbox,
+    /// Fired by `cancel_message` or a disconnect; every stage watches it.
     pub cancel: CancellationToken,
     /// Secrets of this request (plus the session's earlier ones).
     pub redactor: Redactor,
+    /// The server's settings (limits, timeouts, grace periods).
     pub config: Arc<Config>,
+    /// Updated as the pipeline advances; read by the heartbeat task.
     pub phase: Phase,
+    /// The session's warm handler process, one invocation at a time.
     pub handler: Arc<AsyncMutex<HandlerHost>>,
     /// Shared by the server's downloads and uploads.
     pub http: HttpClient,
@@ -156,7 +178,10 @@ impl RequestContext {
 
 /// A request the session can run.
 pub enum Request {
+    /// An agent invocation; ends in `result_message` or `error_message`.
     Invocation(Box<InvocationMessage>),
+    /// Shell commands only; ends in `command_execution_result_message` or
+    /// `error_message`.
     Commands(CommandExecutionMessage),
 }
 

@@ -4,7 +4,7 @@
 //! The reader never waits on work: requests run as their own tasks, so
 //! pings, `cancel_message` and artifact responses are handled while a
 //! command or the agent is busy. All output funnels through one
-//! [`Outbox`] into [`write_loop`], the only place that touches the socket's
+//! [`Outbox`] into `write_loop`, the only place that touches the socket's
 //! write half and the only place that redacts, so no message can skip
 //! redaction.
 
@@ -45,7 +45,9 @@ const MAX_COMMAND_ECHO_BYTES: usize = 4096;
 
 /// What every session of a server shares.
 pub struct SessionShared {
+    /// The server's settings, read by every request.
     pub config: Arc<Config>,
+    /// How to start the agent handler; each session starts its own process.
     pub handler_command: Arc<HandlerCommand>,
     /// One HTTP client for every download and upload of the server.
     pub http: HttpClient,

@@ -27,9 +27,13 @@ where
 /// A shell command to run, as the client sends it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Command {
+    /// Shell text, run as `/bin/sh -c <command>` in its own process group.
     pub command: String,
+    /// Working directory, created if missing; `None` means the runtime's.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Variables laid over the runtime's environment. Values of 8+
+    /// characters are also redacted from this command's output.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
 }
@@ -37,16 +41,23 @@ pub struct Command {
 /// A file to fetch into the sandbox before any command runs.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Downloadable {
+    /// `http` or `https` only; the saved file is named after the last path
+    /// segment, and `.zip`/`.tar.gz`/`.tgz` are unpacked instead of kept.
     pub download_url: String,
+    /// Directory to save (or unpack) into; created if missing.
     pub working_dir: String,
 }
 
 /// The fields shared by both request kinds that concern artifacts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ArtifactOptions {
+    /// Directories to watch for the rest of the session; a non-empty list
+    /// also makes the request flush artifacts before its terminal.
     pub artifacts_dirs: Vec<String>,
     /// Deprecated single-directory form, still sent by older clients.
     pub artifacts_dir: Option<String>,
+    /// Gitignore-syntax rules pinned for these directories; `None` falls
+    /// back to each directory's `.artifactignore`, then the built-in list.
     pub artifacts_ignore_content: Option<String>,
 }
 
@@ -66,30 +77,47 @@ impl ArtifactOptions {
 /// `invocation_message`: run the agent handler (with pre/post commands).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct InvocationMessage {
+    /// Client's opaque label for the request; used only in logs and passed
+    /// on to the handler.
     #[serde(default)]
     pub source_id: Option<String>,
+    /// Passed to the handler as is; empty when absent.
     #[serde(default, deserialize_with = "null_as_default")]
     pub system_prompt: String,
+    /// The task for the agent; the only required field.
     pub user_prompt: String,
+    /// Model identifier for the handler; may be empty (handler's default).
     #[serde(default, deserialize_with = "null_as_default")]
     pub model: String,
+    /// Environment for what the handler runs. Not put in the handler's own
+    /// process environment, because one warm handler serves many requests.
     #[serde(default, deserialize_with = "null_as_default")]
     pub agent_env: BTreeMap<String, String>,
+    /// Values to replace with `[REDACTED]` in every outbound message; they
+    /// accumulate for the rest of the session.
     #[serde(default, deserialize_with = "null_as_default")]
     pub secrets_to_redact: Vec<String>,
+    /// JSON text `{"type":"json_schema","schema":{...}}` asking for a
+    /// structured result; `None` asks for text. Validated before any work.
     #[serde(default)]
     pub output_format_json_schema_str: Option<String>,
+    /// See [`ArtifactOptions::artifacts_dirs`].
     #[serde(default, deserialize_with = "null_as_default")]
     pub artifacts_dirs: Vec<String>,
     /// Deprecated single-directory form, still sent by older clients.
     #[serde(default)]
     pub artifacts_dir: Option<String>,
+    /// See [`ArtifactOptions::artifacts_ignore_content`].
     #[serde(default)]
     pub artifacts_ignore_content: Option<String>,
+    /// Run in order before the agent; a non-zero exit fails the request.
     #[serde(default, deserialize_with = "null_as_default")]
     pub pre_agent_invocation_commands: Vec<Command>,
+    /// Run in order after the agent succeeds; a non-zero exit fails the
+    /// request.
     #[serde(default, deserialize_with = "null_as_default")]
     pub post_agent_invocation_commands: Vec<Command>,
+    /// Fetched in order before any command or the agent runs.
     #[serde(default, deserialize_with = "null_as_default")]
     pub pre_agent_downloadables: Vec<Downloadable>,
 }
@@ -117,18 +145,25 @@ artifact_options!(CommandExecutionMessage);
 /// `command_execution_message`: run shell commands, no agent.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct CommandExecutionMessage {
+    /// Client's opaque label for the request; used only in logs.
     #[serde(default)]
     pub source_id: Option<String>,
+    /// Values to replace with `[REDACTED]` in every outbound message; they
+    /// accumulate for the rest of the session.
     #[serde(default, deserialize_with = "null_as_default")]
     pub secrets_to_redact: Vec<String>,
+    /// Run in order, stopping after the first non-zero exit.
     pub commands: Vec<Command>,
+    /// See [`ArtifactOptions::artifacts_dirs`].
     #[serde(default, deserialize_with = "null_as_default")]
     pub artifacts_dirs: Vec<String>,
     /// Deprecated single-directory form, still sent by older clients.
     #[serde(default)]
     pub artifacts_dir: Option<String>,
+    /// See [`ArtifactOptions::artifacts_ignore_content`].
     #[serde(default)]
     pub artifacts_ignore_content: Option<String>,
+    /// Fetched in order before the first command runs.
     #[serde(default, deserialize_with = "null_as_default")]
     pub pre_execution_downloadables: Vec<Downloadable>,
 }
@@ -136,10 +171,16 @@ pub struct CommandExecutionMessage {
 /// `artifact_upload_response_message`: where to PUT an announced artifact.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct ArtifactUploadResponse {
+    /// Echo of the announced base name; informational only.
     #[serde(default, deserialize_with = "null_as_default")]
     pub filename: String,
+    /// Must be a path the runtime announced and still awaits an answer for,
+    /// else the response is logged and ignored.
     pub filepath: String,
+    /// Where the file is PUT. Contains credentials in its query, so it is
+    /// never logged whole.
     pub presigned_url: String,
+    /// Sent as the PUT's `Content-Type`; empty means no header.
     #[serde(default, deserialize_with = "null_as_default")]
     pub content_type: String,
 }
@@ -147,25 +188,36 @@ pub struct ArtifactUploadResponse {
 /// Every message a client may send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InboundMessage {
+    /// Start an agent request (boxed: it is much larger than the others).
     InvocationMessage(Box<InvocationMessage>),
+    /// Start a shell-commands request.
     CommandExecutionMessage(CommandExecutionMessage),
+    /// Upload target for a file the runtime announced.
     ArtifactUploadResponseMessage(ArtifactUploadResponse),
+    /// Cancel the running request; ignored when nothing runs.
     CancelMessage,
+    /// Finish the running request, flush artifacts, confirm and close.
     EndSessionMessage,
 }
 
 /// Why an inbound frame could not be understood; the text goes to the client.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParseError {
+    /// The frame is not JSON; holds the (clipped) parser error.
     #[error("Invalid message: not valid JSON ({0})")]
     NotJson(String),
+    /// Valid JSON, but not an object with a string `message_type`.
     #[error("Invalid message: expected a JSON object with a string \"message_type\"")]
     NoMessageType,
+    /// A `message_type` this runtime does not know (clipped).
     #[error("Invalid message: unknown message_type {0:?}")]
     UnknownType(String),
+    /// A known message kind whose fields are missing or mistyped.
     #[error("Invalid {message_type}: {reason}")]
     BadFields {
+        /// The kind that failed, e.g. `command_execution_message`.
         message_type: String,
+        /// Offending field path and problem, clipped to stay small.
         reason: String,
     },
 }
@@ -252,10 +304,14 @@ impl InboundMessage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResultData {
+    /// The answer when no output format was requested.
     Text {
+        /// The agent's final answer.
         text: String,
     },
+    /// The answer when `output_format_json_schema_str` was given.
     StructuredOutput {
+        /// Always a JSON object (the handler protocol refuses anything else).
         structured_output: Map<String, Value>,
     },
 }
@@ -263,8 +319,12 @@ pub enum ResultData {
 /// One entry of `command_execution_result_message.results`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CommandResult {
+    /// The command text as sent, so the client can match results.
     pub command: String,
+    /// The shell's exit status; 128+N when killed by signal N.
     pub exit_code: i32,
+    /// Redacted stdout, trimmed to head and tail (see `--stdout-head-bytes`);
+    /// the full output was streamed as `command_output_message`s.
     pub stdout: String,
 }
 
@@ -272,7 +332,9 @@ pub struct CommandResult {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
+    /// The command's standard output.
     Stdout,
+    /// The command's standard error.
     Stderr,
 }
 
@@ -280,33 +342,55 @@ pub enum Stream {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "message_type", rename_all = "snake_case")]
 pub enum OutboundMessage {
+    /// Terminal of a successful invocation.
     ResultMessage {
+        /// The handler's answer.
         data: ResultData,
+        /// Handler-supplied metadata, possibly empty.
         metadata: Map<String, Value>,
     },
+    /// Terminal of a command execution, even when a command exited non-zero.
     CommandExecutionResultMessage {
+        /// One entry per command that ran, in order.
         results: Vec<CommandResult>,
     },
+    /// Terminal of any failed request, and the answer to bad input.
     ErrorMessage {
+        /// Human-readable reason, shown to the client's user.
         error: String,
+        /// Details such as `{command, exit_code}`; possibly empty.
         metadata: Map<String, Value>,
     },
+    /// Streamed agent output; not terminal.
     AssistantMessage {
+        /// Text the agent produced, in order.
         text_blocks: Vec<String>,
     },
+    /// Streamed command output (at most 64 KiB of text each); not terminal.
     CommandOutputMessage {
+        /// Which pipe the text came from.
         stream: Stream,
+        /// Redacted output, decoded as UTF-8 (invalid bytes become U+FFFD).
         text: String,
+        /// The command that printed it, as the client sent it.
         command: String,
     },
+    /// Announces a finished artifact; the client answers with an
+    /// `artifact_upload_response_message` carrying the same `filepath`.
     ArtifactUploadRequestMessage {
+        /// Base name of the file.
         filename: String,
+        /// Absolute canonical path; the key the answer must echo.
         filepath: String,
     },
+    /// Liveness signal sent every `--heartbeat-interval` while a request runs.
     HeartbeatMessage {
+        /// Current pipeline stage, e.g. `downloads`, `agent`, `artifacts`.
         phase: String,
+        /// Milliseconds since the request started.
         elapsed_ms: u64,
     },
+    /// Answer to `end_session_message`, sent after the artifact drain.
     EndSessionConfirmMessage,
 }
 
