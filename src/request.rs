@@ -41,9 +41,6 @@ pub enum RequestError {
     /// an artifact directory that cannot be watched); the text says which.
     #[error("{0}")]
     Invalid(String),
-    /// The request asks for something this runtime does not do.
-    #[error("{0}")]
-    Unsupported(String),
     /// A pre- or post-agent command exited non-zero; metadata carries
     /// `{command, exit_code}` so the client can act on it.
     #[error("{kind} command `{command}` failed with exit code: {exit_code}")]
