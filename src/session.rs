@@ -66,6 +66,7 @@ pub struct SessionSecrets(Arc<RwLock<Redactor>>);
 impl SessionSecrets {
     /// Adds secrets and returns the redactor now in force.
     pub fn add(&self, secrets: &[String]) -> Redactor {
+        crate::logging::remember_secrets(secrets);
         let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
         let known = guard.secrets();
         if secrets

@@ -146,3 +146,25 @@ def test_harmless_oddities_are_not_errors(echo_runtime, frame):
 
     run(scenario())
     assert "/etc/passwd" not in echo_runtime.log() or "not announced" in echo_runtime.log()
+
+
+def test_hostile_input_quoting_a_known_secret_is_redacted_in_reply_and_log(echo_runtime):
+    """A bad message that quotes a secret named earlier on the session: the
+    error sent back and the runtime's log line about it are both redacted."""
+    secret = "hostile-secret-" + "q" * 20
+
+    async def scenario():
+        async with websockets.connect(echo_runtime.url, max_size=CLIENT_MAX_SIZE) as ws:
+            await send_raw(ws, cmd_msg([{"command": "true"}], secrets_to_redact=[secret]))
+            terminal, _ = await recv_until_terminal(ws)
+            assert terminal["message_type"] == "command_execution_result_message"
+            await send_raw(ws, {"message_type": secret})
+            terminal, _ = await recv_until_terminal(ws)
+            return terminal
+
+    terminal = run(scenario())
+    assert terminal["message_type"] == "error_message"
+    assert secret not in terminal["error"] and "[REDACTED]" in terminal["error"]
+    log = echo_runtime.log()
+    assert "unknown message_type" in log
+    assert secret not in log
