@@ -547,6 +547,23 @@ impl HandlerHost {
         HandlerError::Failed(redactor.redact_str(&text).into_owned())
     }
 
+    /// Ends an attempt over a protocol violation. While cancelling, the
+    /// request's outcome is "cancelled" whatever the handler did wrong.
+    async fn protocol_failure(
+        &mut self,
+        what: &str,
+        cancelling: bool,
+        kill_grace: Duration,
+        redactor: &Redactor,
+    ) -> Attempt {
+        let err = self.broke_protocol(what, kill_grace, redactor).await;
+        Attempt::Done(Err(if cancelling {
+            HandlerError::Cancelled
+        } else {
+            err
+        }))
+    }
+
     async fn attempt(
         &mut self,
         inv: &Invocation,
@@ -640,36 +657,26 @@ impl HandlerHost {
             let map = match event {
                 Event::Message(map) => map,
                 Event::Garbage(quote) => {
-                    let err = self
-                        .broke_protocol(
+                    return self
+                        .protocol_failure(
                             &format!("wrote a line that is not a JSON object: \"{quote}\""),
+                            cancelling,
                             ctx.kill_grace,
                             redactor,
                         )
                         .await;
-                    return Attempt::Done(Err(if cancelling {
-                        HandlerError::Cancelled
-                    } else {
-                        err
-                    }));
                 }
                 Event::TooLong => {
                     let what = format!("wrote a line longer than {} bytes", self.max_line);
-                    let err = self.broke_protocol(&what, ctx.kill_grace, redactor).await;
-                    return Attempt::Done(Err(if cancelling {
-                        HandlerError::Cancelled
-                    } else {
-                        err
-                    }));
+                    return self
+                        .protocol_failure(&what, cancelling, ctx.kill_grace, redactor)
+                        .await;
                 }
                 Event::ReadFailed(e) => {
                     let what = format!("could not be read from: {e}");
-                    let err = self.broke_protocol(&what, ctx.kill_grace, redactor).await;
-                    return Attempt::Done(Err(if cancelling {
-                        HandlerError::Cancelled
-                    } else {
-                        err
-                    }));
+                    return self
+                        .protocol_failure(&what, cancelling, ctx.kill_grace, redactor)
+                        .await;
                 }
             };
             heard = true;
@@ -685,18 +692,14 @@ impl HandlerHost {
             let kind = match map.get("type") {
                 Some(Value::String(kind)) => kind.clone(),
                 _ => {
-                    let err = self
-                        .broke_protocol(
+                    return self
+                        .protocol_failure(
                             "wrote a message without a string \"type\"",
+                            cancelling,
                             ctx.kill_grace,
                             redactor,
                         )
                         .await;
-                    return Attempt::Done(Err(if cancelling {
-                        HandlerError::Cancelled
-                    } else {
-                        err
-                    }));
                 }
             };
             match kind.as_str() {
@@ -704,12 +707,9 @@ impl HandlerHost {
                     let blocks = match assistant_blocks(&map) {
                         Ok(blocks) => blocks,
                         Err(why) => {
-                            let err = self.broke_protocol(&why, ctx.kill_grace, redactor).await;
-                            return Attempt::Done(Err(if cancelling {
-                                HandlerError::Cancelled
-                            } else {
-                                err
-                            }));
+                            return self
+                                .protocol_failure(&why, cancelling, ctx.kill_grace, redactor)
+                                .await;
                         }
                     };
                     if cancelling {
