@@ -12,9 +12,13 @@
 //!
 //! A location that cannot be written is skipped for the next one, so a
 //! read-only home still works. Each script is `<name>_handler.py`, mode
-//! 0755 (it has a `python3` shebang), replaced atomically (temporary file
-//! plus rename) only when its content or mode differ, so concurrent runtimes
-//! and already-running handlers never see a half-written file.
+//! 0755 (it has a `python3` shebang). Beside the scripts goes
+//! `runtimeuse_protocol.py` (mode 0644), the protocol plumbing both handlers
+//! import from their own directory; it is written before the script, so a
+//! script is never there without it. Every file is replaced atomically
+//! (temporary file plus rename) only when its content or mode differ, so
+//! concurrent runtimes and already-running handlers never see a half-written
+//! file.
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
@@ -28,10 +32,17 @@ pub const OPENAI_HANDLER: &str = include_str!("../handlers/openai/handler.py");
 /// The Claude Code (`claude` CLI) handler.
 pub const CLAUDE_HANDLER: &str = include_str!("../handlers/claude/handler.py");
 
+/// The protocol plumbing both handlers import (`import runtimeuse_protocol`).
+pub const PROTOCOL_MODULE: &str = include_str!("../handlers/common/runtimeuse_protocol.py");
+/// The file name the handlers import [`PROTOCOL_MODULE`] by, beside them.
+pub const PROTOCOL_MODULE_FILE: &str = "runtimeuse_protocol.py";
+
 /// Names of the bundled script handlers.
 pub const NAMES: &[&str] = &["openai", "claude"];
 
 const SCRIPT_MODE: u32 = 0o755;
+/// Imported, not run: no need for it to be executable.
+const MODULE_MODE: u32 = 0o644;
 
 /// The source of a bundled handler, by name.
 pub fn script(name: &str) -> Option<&'static str> {
@@ -104,7 +115,25 @@ fn script_path_in(candidates: &[CacheDir], name: &str) -> io::Result<Option<Path
     };
     let mut last_error = io::Error::other("no cache directory to write bundled handlers to");
     for candidate in candidates {
-        match prepare(candidate).and_then(|()| install(&candidate.dir, name, content)) {
+        let installed = prepare(candidate)
+            // The module first: the script is useless without it.
+            .and_then(|()| {
+                install(
+                    &candidate.dir,
+                    PROTOCOL_MODULE_FILE,
+                    PROTOCOL_MODULE,
+                    MODULE_MODE,
+                )
+            })
+            .and_then(|_| {
+                install(
+                    &candidate.dir,
+                    &format!("{name}_handler.py"),
+                    content,
+                    SCRIPT_MODE,
+                )
+            });
+        match installed {
             Ok(path) => return Ok(Some(path)),
             Err(err) => {
                 tracing::debug!(dir = %candidate.dir.display(), %err, "cannot cache bundled handler here");
@@ -155,16 +184,16 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `content` as `<dir>/<name>_handler.py` unless it is there
-/// already with mode 0755, atomically; returns the path.
-fn install(dir: &Path, name: &str, content: &str) -> io::Result<PathBuf> {
-    let path = dir.join(format!("{name}_handler.py"));
-    if is_current(&path, content) {
+/// Writes `content` as `<dir>/<file_name>` unless it is there already with
+/// `mode`, atomically; returns the path.
+fn install(dir: &Path, file_name: &str, content: &str, mode: u32) -> io::Result<PathBuf> {
+    let path = dir.join(file_name);
+    if is_current(&path, content, mode) {
         return Ok(path);
     }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{name}_handler.py.{}.{}.tmp",
+        ".{file_name}.{}.{}.tmp",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
@@ -172,11 +201,11 @@ fn install(dir: &Path, name: &str, content: &str) -> io::Result<PathBuf> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(SCRIPT_MODE)
+            .mode(mode)
             .open(&tmp)?;
         file.write_all(content.as_bytes())?;
         // The umask may have narrowed the mode given at creation.
-        file.set_permissions(Permissions::from_mode(SCRIPT_MODE))?;
+        file.set_permissions(Permissions::from_mode(mode))?;
         file.sync_all()?;
         drop(file);
         fs::rename(&tmp, &path)
@@ -188,13 +217,13 @@ fn install(dir: &Path, name: &str, content: &str) -> io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Whether `path` is a regular file with exactly `content` and mode 0755.
-fn is_current(path: &Path, content: &str) -> bool {
+/// Whether `path` is a regular file with exactly `content` and `mode`.
+fn is_current(path: &Path, content: &str, mode: u32) -> bool {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return false;
     };
     meta.file_type().is_file()
-        && meta.mode() & 0o7777 == SCRIPT_MODE
+        && meta.mode() & 0o7777 == mode
         && meta.len() == content.len() as u64
         && fs::read(path).is_ok_and(|bytes| bytes == content.as_bytes())
 }
@@ -248,7 +277,65 @@ mod tests {
             assert_eq!(mode(&path), 0o755);
         }
         // No temporary files left behind.
-        assert_eq!(names_in(&dir), ["claude_handler.py", "openai_handler.py"]);
+        assert_eq!(
+            names_in(&dir),
+            [
+                "claude_handler.py",
+                "openai_handler.py",
+                "runtimeuse_protocol.py"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_protocol_module_is_written_beside_the_scripts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        script_path_in(&only(&dir), "claude").unwrap().unwrap();
+        let module = dir.join(PROTOCOL_MODULE_FILE);
+        assert_eq!(fs::read_to_string(&module).unwrap(), PROTOCOL_MODULE);
+        assert_eq!(mode(&module), 0o644);
+
+        // Stale, wrong mode, or a symlink: replaced, never followed.
+        fs::write(&module, "stale\n").unwrap();
+        script_path_in(&only(&dir), "claude").unwrap();
+        assert_eq!(fs::read_to_string(&module).unwrap(), PROTOCOL_MODULE);
+        fs::set_permissions(&module, Permissions::from_mode(0o666)).unwrap();
+        script_path_in(&only(&dir), "claude").unwrap();
+        assert_eq!(mode(&module), 0o644);
+        let target = tmp.path().join("elsewhere.py");
+        fs::write(&target, "precious\n").unwrap();
+        fs::remove_file(&module).unwrap();
+        std::os::unix::fs::symlink(&target, &module).unwrap();
+        script_path_in(&only(&dir), "claude").unwrap();
+        assert!(fs::symlink_metadata(&module).unwrap().file_type().is_file());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+    }
+
+    #[test]
+    fn materialized_handlers_import_the_protocol_module() {
+        // Outside the source tree there is no ../common: the handlers must
+        // find the module beside them. With stdin closed they exit 0 at once;
+        // a failed import would exit 1.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        for name in NAMES {
+            let path = script_path_in(&only(&dir), name).unwrap().unwrap();
+            let output = std::process::Command::new("python3")
+                .arg(&path)
+                .current_dir(tmp.path())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{name}: {:?}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // Nor do they leave bytecode in the cache.
+        assert!(!dir.join("__pycache__").exists());
     }
 
     #[test]
@@ -290,7 +377,10 @@ mod tests {
         fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
         script_path_in(&only(tmp.path()), "claude").unwrap();
         assert_eq!(mode(&path), 0o755);
-        assert_eq!(names_in(tmp.path()), ["claude_handler.py"]);
+        assert_eq!(
+            names_in(tmp.path()),
+            ["claude_handler.py", "runtimeuse_protocol.py"]
+        );
     }
 
     #[test]
@@ -427,7 +517,14 @@ mod tests {
             let expected = script(name.trim_end_matches("_handler.py")).unwrap();
             assert_eq!(fs::read_to_string(&path).unwrap(), expected);
         }
-        assert_eq!(names_in(&dir), ["claude_handler.py", "openai_handler.py"]);
+        assert_eq!(
+            names_in(&dir),
+            [
+                "claude_handler.py",
+                "openai_handler.py",
+                "runtimeuse_protocol.py"
+            ]
+        );
     }
 
     #[test]

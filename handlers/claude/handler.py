@@ -58,54 +58,34 @@ import threading
 import time
 from collections import deque
 
+# The shared protocol module sits beside this script when the runtime has
+# materialized it, and in ../common in the source tree.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:0] = [_HERE, os.path.normpath(os.path.join(_HERE, "..", "common"))]
+sys.dont_write_bytecode = True  # leave no __pycache__ in the cache dir
+from runtimeuse_protocol import (  # noqa: E402
+    BaseHandler,
+    Failure,
+    Invocation,
+    exit_now,
+    make_log,
+    output_format_of,
+    redact,
+    require_protocol,
+    send,
+    serve,
+    strip_fences,
+)
+
 PROTOCOL = 1
+require_protocol(PROTOCOL)
+
 KILL_GRACE_S = 2.0  # after SIGTERM on cancel, before SIGKILL
 EXIT_GRACE_S = 1.0  # the same when the handler itself is exiting
 STDERR_TAIL_LINES = 20
 NOT_INSTALLED = "the claude CLI is not installed (npm install -g @anthropic-ai/claude-code)"
-REDACTED = "[REDACTED]"
 
-_stdout_lock = threading.Lock()
-
-
-def send(message):
-    """Writes one protocol message to stdout and flushes it."""
-    line = json.dumps(message, ensure_ascii=False) + "\n"
-    with _stdout_lock:
-        sys.stdout.buffer.write(line.encode("utf-8"))
-        sys.stdout.buffer.flush()
-
-
-def redact(text, secrets):
-    """Replaces every non-empty secret in `text` with [REDACTED], longest first."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def log(text, secrets=()):
-    """Writes a line to stderr, this handler's log."""
-    sys.stderr.write("[claude-handler] " + redact(str(text), secrets) + "\n")
-    sys.stderr.flush()
-
-
-class Failure(Exception):
-    """An invocation failed; `str(self)` is the error text for the runtime."""
-
-    def __init__(self, message, metadata=None):
-        super().__init__(message)
-        self.metadata = metadata or {}
-
-
-def strip_fences(text):
-    """Removes a surrounding ```json ... ``` fence, if there is one."""
-    text = text.strip()
-    if text.startswith("```"):
-        first_newline = text.find("\n")
-        text = text[first_newline + 1 :] if first_newline != -1 else text[3:]
-        if text.rstrip().endswith("```"):
-            text = text.rstrip()[:-3]
-    return text.strip()
+log = make_log("claude")
 
 
 def parse_json_object(text):
@@ -231,37 +211,25 @@ def kill_group(proc, grace):
         pass
 
 
-class Invocation:
-    """One running invocation; identity (not `id`) tells runs apart."""
+class ClaudeInvocation(Invocation):
+    """An invocation that may have started the CLI, which cancel must kill."""
 
     def __init__(self, inv_id, secrets):
-        self.id = inv_id
-        self.secrets = secrets
+        super().__init__(inv_id, secrets)
         self.proc = None  # the CLI, once started
-        self.cancelled = False
 
 
-class Handler:
-    def __init__(self):
-        # Re-entrant: the SIGTERM handler may run while the main thread holds it.
-        self.lock = threading.RLock()
-        self.current = None  # the running Invocation, if any
+class Handler(BaseHandler):
+    """Runs each invocation as one `claude -p` process group."""
 
-    # -- sending, guarded so nothing is sent for a cancelled invocation --
+    name = "claude"
+    invocation_class = ClaudeInvocation
 
     def emit(self, invocation, message):
+        """Sends a non-terminal message unless the invocation was cancelled."""
         with self.lock:
             if self.current is not invocation:
                 return
-            message["id"] = invocation.id
-            send(message)
-
-    def finish(self, invocation, message):
-        with self.lock:
-            if self.current is not invocation:
-                log("dropping the late outcome of cancelled invocation %s" % invocation.id)
-                return
-            self.current = None
             message["id"] = invocation.id
             send(message)
 
@@ -269,13 +237,7 @@ class Handler:
 
     def run(self, invocation, message, env):
         """Runs the CLI to completion; returns the terminal message (no `id`)."""
-        output_format = message.get("output_format")
-        if output_format is not None and (
-            not isinstance(output_format, dict) or output_format.get("type") != "json_schema"
-        ):
-            raise Failure(
-                'unsupported output_format (expected {"type": "json_schema", "schema": {...}})'
-            )
+        output_format = output_format_of(message)
         binary = find_binary(env)
         argv = build_command(binary, message)
         if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -422,71 +384,15 @@ class Handler:
                 raise Failure(str(failure), metadata)
         return {"type": "result", "structured_output": structured, "metadata": metadata}
 
-    def worker(self, invocation, message, env):
-        try:
-            outcome = self.run(invocation, message, env)
-        except Failure as failure:
-            text = redact(str(failure), invocation.secrets)
-            if not invocation.cancelled:
-                log("invocation %s failed: %s" % (invocation.id, text))
-            outcome = {"type": "error", "error": text, "metadata": failure.metadata}
-        except Exception as exc:  # a bug here must still end the invocation
-            text = redact("claude handler crashed: %r" % (exc,), invocation.secrets)
-            log(text)
-            outcome = {"type": "error", "error": text, "metadata": {}}
-        self.finish(invocation, outcome)
+    def log_failure(self, invocation, text):
+        # A cancelled run fails because its CLI was killed: not news.
+        if not invocation.cancelled:
+            super().log_failure(invocation, text)
 
-    # -- protocol messages --
-
-    def invoke(self, message):
-        inv_id = message.get("id")
-        if not isinstance(inv_id, str):
-            log("ignoring an invoke without a string id")
-            return
-        if message.get("protocol") != PROTOCOL:
-            send(
-                {
-                    "type": "error",
-                    "error": "unsupported handler protocol %r (this handler speaks %d)"
-                    % (message.get("protocol"), PROTOCOL),
-                    "metadata": {},
-                    "id": inv_id,
-                }
-            )
-            return
-        secrets = [s for s in (message.get("secrets") or []) if isinstance(s, str)]
-        invocation = Invocation(inv_id, secrets)
-        with self.lock:
-            if self.current is not None:
-                send(
-                    {
-                        "type": "error",
-                        "error": "another invocation (%s) is still running" % self.current.id,
-                        "metadata": {},
-                        "id": inv_id,
-                    }
-                )
-                return
-            self.current = invocation
-        env = dict(os.environ)
-        extra = message.get("env") or {}
-        if isinstance(extra, dict):
-            env.update({str(k): str(v) for k, v in extra.items() if v is not None})
-        thread = threading.Thread(target=self.worker, args=(invocation, message, env), daemon=True)
-        thread.start()
-
-    def cancel(self, message):
-        inv_id = message.get("id")
-        with self.lock:
-            invocation = self.current
-            if invocation is None or (inv_id is not None and inv_id != invocation.id):
-                log("cancel for %r: no such invocation running" % (inv_id,))
-                return
-            self.current = None
-            invocation.cancelled = True
-            proc = invocation.proc
-            send({"type": "error", "error": "cancelled", "metadata": {}, "id": invocation.id})
+    def cancelled(self, invocation):
         log("invocation %s cancelled" % invocation.id)
+        # Read after the lock: once `cancelled` is set, `run` starts no CLI.
+        proc = invocation.proc
         if proc is not None:
             # The worker, blocked on the CLI's stdout, wakes when it dies.
             threading.Thread(target=kill_group, args=(proc, KILL_GRACE_S), daemon=True).start()
@@ -503,12 +409,6 @@ class Handler:
             kill_group(proc, EXIT_GRACE_S)
 
 
-def exit_now(handler):
-    handler.shutdown()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def main():
     handler = Handler()
 
@@ -521,31 +421,7 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-
-    stdin = sys.stdin.buffer
-    while True:
-        line = stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            message = json.loads(line.decode("utf-8", "replace"))
-        except ValueError:
-            log("ignoring a line that is not JSON")
-            continue
-        if not isinstance(message, dict):
-            log("ignoring a message that is not an object")
-            continue
-        kind = message.get("type")
-        if kind == "invoke":
-            handler.invoke(message)
-        elif kind == "cancel":
-            handler.cancel(message)
-        else:
-            log("ignoring a message of unknown type %r" % (kind,))
-    exit_now(handler)
+    serve(handler)
 
 
 if __name__ == "__main__":

@@ -36,57 +36,30 @@ import json
 import os
 import socket
 import sys
-import threading
 import urllib.error
 import urllib.request
 
+# The shared protocol module sits beside this script when the runtime has
+# materialized it, and in ../common in the source tree.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:0] = [_HERE, os.path.normpath(os.path.join(_HERE, "..", "common"))]
+sys.dont_write_bytecode = True  # leave no __pycache__ in the cache dir
+from runtimeuse_protocol import (  # noqa: E402
+    BaseHandler,
+    Failure,
+    output_format_of,
+    require_protocol,
+    send,
+    serve,
+    strip_fences,
+)
+
 PROTOCOL = 1
+require_protocol(PROTOCOL)
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S = 600.0
 MISSING_KEY = "OPENAI_API_KEY is not set (pass it in agent_env or the runtime's environment)"
-REDACTED = "[REDACTED]"
-
-_stdout_lock = threading.Lock()
-
-
-def send(message):
-    """Writes one protocol message to stdout and flushes it."""
-    line = json.dumps(message, ensure_ascii=False) + "\n"
-    with _stdout_lock:
-        sys.stdout.buffer.write(line.encode("utf-8"))
-        sys.stdout.buffer.flush()
-
-
-def redact(text, secrets):
-    """Replaces every non-empty secret in `text` with [REDACTED], longest first."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def log(text, secrets=()):
-    """Writes a line to stderr, this handler's log."""
-    sys.stderr.write("[openai-handler] " + redact(str(text), secrets) + "\n")
-    sys.stderr.flush()
-
-
-class Failure(Exception):
-    """An invocation failed; `str(self)` is the error text for the runtime."""
-
-    def __init__(self, message, metadata=None):
-        super().__init__(message)
-        self.metadata = metadata or {}
-
-
-def strip_fences(text):
-    """Removes a surrounding ```json ... ``` fence, if there is one."""
-    text = text.strip()
-    if text.startswith("```"):
-        first_newline = text.find("\n")
-        text = text[first_newline + 1 :] if first_newline != -1 else text[3:]
-        if text.rstrip().endswith("```"):
-            text = text.rstrip()[:-3]
-    return text.strip()
 
 
 def api_error_message(body):
@@ -134,13 +107,7 @@ def run(invocation, env):
     model = invocation.get("model")
     if not isinstance(model, str) or not model:
         raise Failure("no model given in the invocation")
-    output_format = invocation.get("output_format")
-    if output_format is not None and (
-        not isinstance(output_format, dict) or output_format.get("type") != "json_schema"
-    ):
-        raise Failure(
-            'unsupported output_format (expected {"type": "json_schema", "schema": {...}})'
-        )
+    output_format = output_format_of(invocation)
 
     api_key = env.get("OPENAI_API_KEY") or ""
     if not api_key:
@@ -218,131 +185,36 @@ def run(invocation, env):
     return {"type": "result", "structured_output": structured, "metadata": metadata}
 
 
-class Invocation:
-    """One running invocation; identity (not `id`) tells runs apart."""
+class Handler(BaseHandler):
+    """Runs each invocation as one chat completion request."""
 
-    def __init__(self, inv_id, secrets):
-        self.id = inv_id
-        self.secrets = secrets
+    name = "openai"
 
+    def run(self, invocation, message, env):
+        return run(message, env)
 
-class Handler:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.current = None  # the running Invocation, if any
+    def secrets_for(self, invocation, env):
+        # The key is never in the invocation's secrets when it comes from
+        # our own environment, yet must not leak through an error text.
+        return invocation.secrets + [env.get("OPENAI_API_KEY") or ""]
 
-    def finish(self, invocation, message):
-        """Sends a terminal message unless the invocation was cancelled."""
-        with self.lock:
-            if self.current is not invocation:
-                log("dropping the late outcome of cancelled invocation %s" % invocation.id)
-                return
-            self.current = None
-            message["id"] = invocation.id
-            send(message)
-
-    def worker(self, invocation, message, env):
-        try:
-            outcome = run(message, env)
-        except Failure as failure:
-            secrets = invocation.secrets + [env.get("OPENAI_API_KEY") or ""]
-            text = redact(str(failure), secrets)
-            log("invocation %s failed: %s" % (invocation.id, text))
-            outcome = {"type": "error", "error": text, "metadata": failure.metadata}
-        except Exception as exc:  # a bug here must still end the invocation
-            secrets = invocation.secrets + [env.get("OPENAI_API_KEY") or ""]
-            text = redact("openai handler crashed: %r" % (exc,), secrets)
-            log(text)
-            outcome = {"type": "error", "error": text, "metadata": {}}
-        self.finish(invocation, outcome)
-
-    def invoke(self, message):
-        inv_id = message.get("id")
-        if not isinstance(inv_id, str):
-            log("ignoring an invoke without a string id")
-            return
-        if message.get("protocol") != PROTOCOL:
-            send(
-                {
-                    "type": "error",
-                    "error": "unsupported handler protocol %r (this handler speaks %d)"
-                    % (message.get("protocol"), PROTOCOL),
-                    "metadata": {},
-                    "id": inv_id,
-                }
-            )
-            return
-        secrets = [s for s in (message.get("secrets") or []) if isinstance(s, str)]
-        invocation = Invocation(inv_id, secrets)
-        with self.lock:
-            if self.current is not None:
-                send(
-                    {
-                        "type": "error",
-                        "error": "another invocation (%s) is still running" % self.current.id,
-                        "metadata": {},
-                        "id": inv_id,
-                    }
-                )
-                return
-            self.current = invocation
-        env = dict(os.environ)
-        extra = message.get("env") or {}
-        if isinstance(extra, dict):
-            env.update({str(k): str(v) for k, v in extra.items() if v is not None})
+    def starting(self, invocation, message):
         send(
             {
                 "type": "log",
                 "level": "info",
                 "message": "calling OpenAI chat completions with model %s"
                 % (message.get("model"),),
-                "id": inv_id,
+                "id": invocation.id,
             }
         )
-        thread = threading.Thread(target=self.worker, args=(invocation, message, env), daemon=True)
-        thread.start()
 
-    def cancel(self, message):
-        inv_id = message.get("id")
-        with self.lock:
-            invocation = self.current
-            if invocation is None or (inv_id is not None and inv_id != invocation.id):
-                log("cancel for %r: no such invocation running" % (inv_id,))
-                return
-            self.current = None
-            send({"type": "error", "error": "cancelled", "metadata": {}, "id": invocation.id})
-        log("invocation %s cancelled; its request is abandoned" % invocation.id)
+    def cancelled(self, invocation):
+        self.log("invocation %s cancelled; its request is abandoned" % invocation.id)
 
 
 def main():
-    handler = Handler()
-    stdin = sys.stdin.buffer
-    while True:
-        line = stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            message = json.loads(line.decode("utf-8", "replace"))
-        except ValueError:
-            log("ignoring a line that is not JSON")
-            continue
-        if not isinstance(message, dict):
-            log("ignoring a message that is not an object")
-            continue
-        kind = message.get("type")
-        if kind == "invoke":
-            handler.invoke(message)
-        elif kind == "cancel":
-            handler.cancel(message)
-        else:
-            log("ignoring a message of unknown type %r" % (kind,))
-    # EOF: the runtime is done with us. Abandoned requests live in daemon
-    # threads; exit without waiting for them.
-    sys.stderr.flush()
-    os._exit(0)
+    serve(Handler())
 
 
 if __name__ == "__main__":
