@@ -37,6 +37,7 @@ pub mod downloads;
 pub mod echo;
 pub mod handler_host;
 pub mod http_client;
+pub mod init;
 pub mod logging;
 pub mod outbox;
 pub mod process;

@@ -10,6 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    if let Some(code) = runtimeuse::init::reap_if_pid1() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     // The bundled echo handler runs as a hidden subcommand of the runtime
     // binary, so `--agent echo` needs nothing else installed.
     if std::env::args_os().nth(1).as_deref()
