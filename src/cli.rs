@@ -84,7 +84,7 @@ pub struct Cli {
 
     /// Shared secret clients must present (ws://:TOKEN@host, ?token=TOKEN,
     /// or Authorization: Bearer TOKEN).
-    #[arg(long, env = "RUNTIMEUSE_AUTH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true)]
     pub auth_token: Option<String>,
 
     /// PEM certificate chain: serve wss:// (needs --tls-key).

@@ -62,9 +62,6 @@ const COALESCE_LINGER: Duration = Duration::from_millis(2);
 /// without pause cannot keep the command from completing.
 const DRAIN_BUDGET_BYTES: usize = 1024 * 1024;
 
-/// The runtime's own credential; a command must never see it.
-const AUTH_TOKEN_VAR: &str = "RUNTIMEUSE_AUTH_TOKEN";
-
 /// What a command needs from the request it belongs to.
 pub struct CommandContext<'a> {
     /// Where `command_output_message`s go.
@@ -259,13 +256,13 @@ fn shell_command(
         .env_clear()
         .envs(base_env)
         .envs(cmd.env.iter().flatten())
-        .env_remove(AUTH_TOKEN_VAR)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Last resort if this future is dropped mid-run: the leader is
         // killed and reaped by tokio; `GroupGuard` takes care of the rest.
         .kill_on_drop(true);
+    process::without_runtime_credentials(&mut shell);
     if let Some(cwd) = cwd {
         shell.current_dir(cwd);
     }
@@ -1046,7 +1043,7 @@ mod tests {
             ("PATH".into(), std::env::var_os("PATH").unwrap()),
             ("ONLY_RUNTIME".into(), "r".into()),
             ("SHARED".into(), "runtime".into()),
-            (AUTH_TOKEN_VAR.into(), "base-token".into()),
+            (crate::config::AUTH_TOKEN_ENV.into(), "base-token".into()),
         ];
         let cmd = with_env(
             "echo \"$ONLY_RUNTIME $SHARED ${RUNTIMEUSE_AUTH_TOKEN-unset}\"",
@@ -1057,7 +1054,7 @@ mod tests {
         // Not even when the command itself asks for it.
         let cmd = with_env(
             "echo ${RUNTIMEUSE_AUTH_TOKEN-unset}",
-            &[(AUTH_TOKEN_VAR, "explicit")],
+            &[(crate::config::AUTH_TOKEN_ENV, "explicit")],
         );
         let (result, _) = drive(run_with_base_env(&cmd, &rig.ctx(), base), &mut rx).await;
         assert_eq!(result.unwrap().stdout, "unset\n");

@@ -5,6 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The environment variable holding the auth token. Children (commands,
+/// handlers) never inherit it: code the client runs must not be able to
+/// read the credential that guards the runtime.
+pub const AUTH_TOKEN_ENV: &str = "RUNTIMEUSE_AUTH_TOKEN";
+
 /// Which agent handler serves invocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentSource {

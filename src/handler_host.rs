@@ -54,9 +54,6 @@ pub const ECHO_SUBCOMMAND: &str = "__echo-handler";
 /// Longest single line a handler may write on stdout.
 pub const MAX_LINE_BYTES: usize = 32 * 1024 * 1024;
 
-/// The runtime's own credential: never handed to a handler.
-const AUTH_TOKEN_VAR: &str = "RUNTIMEUSE_AUTH_TOKEN";
-
 /// Longest stderr line logged as one record; longer ones are split.
 const STDERR_LINE_BYTES: usize = 16 * 1024;
 /// How many stderr lines are kept for a crash report.
@@ -772,9 +769,9 @@ fn build_command(command: &HandlerCommand) -> tokio::process::Command {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env_remove(AUTH_TOKEN_VAR)
         .kill_on_drop(true);
     process::new_group(&mut cmd);
+    process::without_runtime_credentials(&mut cmd);
     cmd
 }
 
@@ -1489,7 +1486,7 @@ while True:
         assert!(
             cmd.as_std()
                 .get_envs()
-                .any(|(k, v)| k == AUTH_TOKEN_VAR && v.is_none()),
+                .any(|(k, v)| k == crate::config::AUTH_TOKEN_ENV && v.is_none()),
             "the runtime's token is removed from the child's environment"
         );
         let mut f = Fixture::python();

@@ -22,6 +22,13 @@ pub fn new_group(command: &mut tokio::process::Command) -> &mut tokio::process::
     command.process_group(0)
 }
 
+/// Removes the runtime's own credential from a child's environment.
+pub fn without_runtime_credentials(
+    command: &mut tokio::process::Command,
+) -> &mut tokio::process::Command {
+    command.env_remove(crate::config::AUTH_TOKEN_ENV)
+}
+
 /// Whether any live process is still in the group.
 ///
 /// Zombies do not count: an orphaned grandchild that died is reparented to
