@@ -259,14 +259,7 @@ mod tests {
         assert_eq!(std::fs::read(a.join("one.txt")).unwrap(), b"/one.txt?sig=1");
         assert_eq!(std::fs::read(b.join("two.bin")).unwrap(), b"/x/two.bin");
         assert_eq!(listing(&a), ["one.txt"], "no temporary file is left");
-        let paths: Vec<_> = server
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.path.clone())
-            .collect();
-        assert_eq!(paths, ["/one.txt?sig=1", "/x/two.bin"]);
+        assert_eq!(server.paths(), ["/one.txt?sig=1", "/x/two.bin"]);
     }
 
     #[tokio::test]

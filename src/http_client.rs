@@ -1135,6 +1135,16 @@ pub(crate) mod tests {
         pub fn count(&self) -> usize {
             self.requests.lock().unwrap().len()
         }
+
+        /// The request targets (path and query) seen so far, in order.
+        pub fn paths(&self) -> Vec<String> {
+            self.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| r.path.clone())
+                .collect()
+        }
     }
 
     async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
@@ -1268,14 +1278,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"landed");
-        let paths: Vec<_> = server
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.path.clone())
-            .collect();
-        assert_eq!(paths, ["/a", "/dir/b?x=1", "/dir/c", "/final.txt"]);
+        assert_eq!(server.paths(), ["/a", "/dir/b?x=1", "/dir/c", "/final.txt"]);
     }
 
     #[tokio::test]
