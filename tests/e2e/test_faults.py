@@ -3,6 +3,7 @@ a handler that hangs, an upload target that is down, a download server that
 stalls, a write that fails. After each, no process is left behind (the
 start_runtime fixture also checks the runtime's group on teardown)."""
 import asyncio
+import contextlib
 import http.server
 import os
 import signal
@@ -24,6 +25,37 @@ from runtimeuse_client import (
 )
 
 from conftest import free_port, pgrep, run, wait_until
+
+
+@contextlib.contextmanager
+def http_server(handler):
+    """A throwaway HTTP server on 127.0.0.1; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def failed_download_then_a_command(rt, url, workdir):
+    """On one session: a request whose download must fail, then a plain
+    command. Returns the download's error and the command's stdout."""
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as session:
+            with pytest.raises(AgentRuntimeError) as err:
+                await session.execute_commands(
+                    [CommandInterface(command="echo never")],
+                    ExecuteCommandsOptions(pre_execution_downloadables=[
+                        RuntimeEnvironmentDownloadableInterface(download_url=url, working_dir=str(workdir))
+                    ]),
+                )
+            after = await session.execute_commands([CommandInterface(command="echo fine")], ExecuteCommandsOptions())
+        return err.value, after.results[0].stdout
+
+    return run(scenario())
 
 
 def marker() -> str:
@@ -172,12 +204,9 @@ class StallingHandler(http.server.BaseHTTPRequestHandler):
 
 
 def test_stalled_download_fails_clearly_within_the_timeout(start_runtime, tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StallingHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     rt = start_runtime("--agent", "echo", "--http-read-timeout", "300ms")
-    url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
 
-    async def scenario():
+    async def scenario(url):
         client = RuntimeUseClient(ws_url=rt.url)
         started = time.monotonic()
         with pytest.raises(AgentRuntimeError) as err:
@@ -190,10 +219,10 @@ def test_stalled_download_fails_clearly_within_the_timeout(start_runtime, tmp_pa
         return err.value, time.monotonic() - started
 
     try:
-        error, took = run(scenario())
+        with http_server(StallingHandler) as base:
+            error, took = run(scenario(f"{base}/big.bin"))
     finally:
-        StallingHandler.release.set()
-        server.shutdown()
+        StallingHandler.release.set()  # let the stalled handler thread end
     assert error.error.startswith("Download failed"), error.error
     assert "big.bin" in error.error and "timed out" in error.error, error.error
     assert took < 8, took
@@ -214,32 +243,13 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
 def test_write_error_during_download_is_surfaced(start_runtime, tmp_path):
     """The download's destination cannot be written (a directory holds its
     name): the request fails with the reason, the session goes on."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     workdir = tmp_path / "dl"
     (workdir / "data.txt").mkdir(parents=True)
     rt = start_runtime("--agent", "echo")
-    url = f"http://127.0.0.1:{server.server_address[1]}/data.txt"
-
-    async def scenario():
-        client = RuntimeUseClient(ws_url=rt.url)
-        async with client.session() as session:
-            with pytest.raises(AgentRuntimeError) as err:
-                await session.execute_commands(
-                    [CommandInterface(command="echo never")],
-                    ExecuteCommandsOptions(pre_execution_downloadables=[
-                        RuntimeEnvironmentDownloadableInterface(download_url=url, working_dir=str(workdir))
-                    ]),
-                )
-            after = await session.execute_commands([CommandInterface(command="echo fine")], ExecuteCommandsOptions())
-        return err.value, after
-
-    try:
-        error, after = run(scenario())
-    finally:
-        server.shutdown()
+    with http_server(FileHandler) as base:
+        error, after = failed_download_then_a_command(rt, f"{base}/data.txt", workdir)
     assert error.error.startswith("Download failed"), error.error
-    assert after.results[0].stdout == "fine\n"
+    assert after == "fine\n"
 
 
 class BigFileHandler(http.server.BaseHTTPRequestHandler):
@@ -268,32 +278,13 @@ def limit_file_size():
 
 
 def test_disk_full_during_download_is_a_clear_error(start_runtime, tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BigFileHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     rt = start_runtime("--agent", "echo", preexec_fn=limit_file_size)
     workdir = tmp_path / "dl"
-    url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
-
-    async def scenario():
-        client = RuntimeUseClient(ws_url=rt.url)
-        async with client.session() as session:
-            with pytest.raises(AgentRuntimeError) as err:
-                await session.execute_commands(
-                    [CommandInterface(command="echo never")],
-                    ExecuteCommandsOptions(pre_execution_downloadables=[
-                        RuntimeEnvironmentDownloadableInterface(download_url=url, working_dir=str(workdir))
-                    ]),
-                )
-            after = await session.execute_commands([CommandInterface(command="echo fine")], ExecuteCommandsOptions())
-        return err.value, after
-
-    try:
-        error, after = run(scenario())
-    finally:
-        server.shutdown()
+    with http_server(BigFileHandler) as base:
+        error, after = failed_download_then_a_command(rt, f"{base}/big.bin", workdir)
     assert error.error.startswith("Download failed"), error.error
     assert "big.bin" in error.error and "too large" in error.error.lower(), error.error
-    assert after.results[0].stdout == "fine\n"
+    assert after == "fine\n"
     # The partial file is not left behind under any name.
     assert not any(p.is_file() for p in workdir.rglob("*")), list(workdir.rglob("*"))
 
