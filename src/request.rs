@@ -190,25 +190,7 @@ pub async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
         ctx.config.heartbeat_interval,
     ));
     let started = Instant::now();
-    let artifact_options = match &request {
-        Request::Invocation(msg) => msg.artifacts(),
-        Request::Commands(msg) => msg.artifacts(),
-    };
-    let result = match watch_artifacts(&artifact_options, &ctx) {
-        Err(e) => Err(e),
-        Ok(()) => match request {
-            Request::Invocation(msg) => run_invocation(*msg, &ctx).await,
-            Request::Commands(msg) => run_commands(msg, &ctx).await,
-        },
-    };
-    if wants_artifacts(&artifact_options)
-        && !matches!(
-            result,
-            Err(RequestError::Cancelled | RequestError::ClientGone)
-        )
-    {
-        flush_artifacts(&ctx).await;
-    }
+    let result = run(request, &ctx).await;
     heartbeat.abort();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -216,6 +198,28 @@ pub async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
         "request finished"
     );
     result.unwrap_or_else(RequestError::into_message)
+}
+
+/// The request's work, then (if it asked for artifacts and was not
+/// cancelled) the artifact flush that must precede its terminal.
+async fn run(request: Request, ctx: &RequestContext) -> Result<OutboundMessage, RequestError> {
+    let artifacts = match &request {
+        Request::Invocation(msg) => msg.artifacts(),
+        Request::Commands(msg) => msg.artifacts(),
+    };
+    watch_artifacts(&artifacts, ctx)?;
+    let result = match request {
+        Request::Invocation(msg) => run_invocation(*msg, ctx).await,
+        Request::Commands(msg) => run_commands(msg, ctx).await,
+    };
+    let stopped = matches!(
+        result,
+        Err(RequestError::Cancelled | RequestError::ClientGone)
+    );
+    if wants_artifacts(&artifacts) && !stopped {
+        flush_artifacts(ctx).await?;
+    }
+    result
 }
 
 async fn heartbeat(outbox: Outbox, phase: Phase, every: Duration) {
@@ -353,10 +357,16 @@ fn watch_artifacts(
 /// Announces every file the request made and waits (bounded) for their
 /// uploads, so the one-shot client, which closes the socket on the
 /// terminal, loses none of them.
-async fn flush_artifacts(ctx: &RequestContext) {
+async fn flush_artifacts(ctx: &RequestContext) -> Result<(), RequestError> {
     ctx.phase.set("artifacts");
-    let report = ctx.artifacts.flush(ctx.config.artifact_flush_timeout).await;
-    tracing::info!(?report, "artifacts flushed");
+    tokio::select! {
+        report = ctx.artifacts.flush(ctx.config.artifact_flush_timeout) => {
+            tracing::info!(?report, "artifacts flushed");
+            Ok(())
+        }
+        // A cancel must not wait out the flush bound.
+        () = ctx.cancel.cancelled() => Err(RequestError::Cancelled),
+    }
 }
 
 /// Parses `output_format_json_schema_str` (`{"type":"json_schema","schema":{..}}`).

@@ -24,7 +24,7 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import free_port, pgrep, run, wait_until
+from conftest import command_execution, free_port, pgrep, raw_connect, run, wait_until
 
 
 @contextlib.contextmanager
@@ -311,3 +311,26 @@ def test_health_stays_responsive_while_commands_run(start_runtime):
 
     timings = run(scenario())
     assert max(timings) < 0.5, timings
+
+
+def test_cancel_during_the_artifact_flush_does_not_wait_out_its_bound(start_runtime, tmp_path):
+    """A client that never answers an announcement holds the flush (30 s by
+    default); a cancel ends the request at once."""
+    rt = start_runtime("--agent", "echo")
+    out = tmp_path / "out"
+
+    async def scenario():
+        async with raw_connect(rt.url) as client:
+            await client.send(command_execution([f"mkdir -p {out} && echo x > {out}/a.txt"],
+                                                artifacts_dirs=[str(out)]))
+            while (await client.recv())["message_type"] != "artifact_upload_request_message":
+                pass
+            started = time.monotonic()
+            await client.send({"message_type": "cancel_message"})
+            terminal = (await client.until_terminal(timeout=10))[-1]
+            return terminal, time.monotonic() - started
+
+    terminal, took = run(scenario())
+    assert terminal["message_type"] == "error_message"
+    assert terminal["error"] == "Request cancelled"
+    assert took < 3, took
