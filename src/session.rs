@@ -430,8 +430,7 @@ where
 /// never cut a secret in two); an oversized result becomes an error the
 /// client can read instead of a frame that would kill its connection.
 pub fn encode(message: &OutboundMessage, redactor: &Redactor) -> Vec<String> {
-    let mut value = serde_json::to_value(message).unwrap_or(Value::Null);
-    redactor.redact_json(&mut value);
+    let mut value = serde_json::to_value(message.redacted(redactor)).unwrap_or(Value::Null);
     let text = value.to_string();
     if text.len() <= MAX_OUTBOUND_FRAME_BYTES {
         return vec![text];
@@ -466,21 +465,30 @@ pub fn encode(message: &OutboundMessage, redactor: &Redactor) -> Vec<String> {
 }
 
 /// Splits the text in `field` (a string, or a list of strings) across
-/// several copies of the message.
+/// several copies of the message. Each copy is the message without the
+/// field plus one piece, so the cost stays linear in the text's size.
 fn split_field(value: &Value, field: &str, is_list: bool) -> Vec<String> {
-    let texts: Vec<&str> = match &value[field] {
-        Value::String(s) => vec![s.as_str()],
-        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+    let mut skeleton = value.clone();
+    let texts: Vec<String> = match skeleton.as_object_mut().and_then(|m| m.remove(field)) {
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
         _ => Vec::new(),
     };
     let mut frames = Vec::new();
-    for text in texts {
+    for text in &texts {
         for piece in char_pieces(text, SPLIT_PIECE_BYTES) {
-            let mut copy = value.clone();
+            let piece = Value::String(piece.to_owned());
+            let mut copy = skeleton.clone();
             copy[field] = if is_list {
-                Value::Array(vec![Value::String(piece.to_owned())])
+                Value::Array(vec![piece])
             } else {
-                Value::String(piece.to_owned())
+                piece
             };
             frames.push(copy.to_string());
         }

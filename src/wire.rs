@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use crate::redact::Redactor;
+
 /// Largest frame the runtime sends. The real client rejects frames over
 /// 1 MiB (1,048,576 bytes) and drops the connection; this leaves headroom.
 pub const MAX_OUTBOUND_FRAME_BYTES: usize = 1_000_000;
@@ -403,6 +405,74 @@ impl OutboundMessage {
         }
     }
 
+    /// A copy with every secret removed from what the message carries
+    /// (texts, commands, paths, structured output and metadata, keys
+    /// included), but never from the protocol's own field names and tags:
+    /// a secret such as `message` must not turn `message_type` into
+    /// something the client cannot parse.
+    pub fn redacted(&self, redactor: &Redactor) -> Self {
+        if redactor.is_empty() {
+            return self.clone();
+        }
+        let text = |s: &String| redactor.redact_str(s).into_owned();
+        let map = |m: &Map<String, Value>| {
+            let mut value = Value::Object(m.clone());
+            redactor.redact_json(&mut value);
+            match value {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            }
+        };
+        match self {
+            Self::ResultMessage { data, metadata } => Self::ResultMessage {
+                data: match data {
+                    ResultData::Text { text: t } => ResultData::Text { text: text(t) },
+                    ResultData::StructuredOutput { structured_output } => {
+                        ResultData::StructuredOutput {
+                            structured_output: map(structured_output),
+                        }
+                    }
+                },
+                metadata: map(metadata),
+            },
+            Self::CommandExecutionResultMessage { results } => {
+                Self::CommandExecutionResultMessage {
+                    results: results
+                        .iter()
+                        .map(|r| CommandResult {
+                            command: text(&r.command),
+                            exit_code: r.exit_code,
+                            stdout: text(&r.stdout),
+                        })
+                        .collect(),
+                }
+            }
+            Self::ErrorMessage { error, metadata } => Self::ErrorMessage {
+                error: text(error),
+                metadata: map(metadata),
+            },
+            Self::AssistantMessage { text_blocks } => Self::AssistantMessage {
+                text_blocks: text_blocks.iter().map(text).collect(),
+            },
+            Self::CommandOutputMessage {
+                stream,
+                text: t,
+                command,
+            } => Self::CommandOutputMessage {
+                stream: *stream,
+                text: text(t),
+                command: text(command),
+            },
+            Self::ArtifactUploadRequestMessage { filename, filepath } => {
+                Self::ArtifactUploadRequestMessage {
+                    filename: text(filename),
+                    filepath: text(filepath),
+                }
+            }
+            Self::HeartbeatMessage { .. } | Self::EndSessionConfirmMessage => self.clone(),
+        }
+    }
+
     /// Whether the client treats this message as the end of a request.
     pub fn is_terminal(&self) -> bool {
         matches!(
@@ -497,6 +567,38 @@ mod tests {
             artifacts_ignore_content: None,
         };
         assert_eq!(opts.all_dirs(), vec!["/a".to_string(), "/b".to_string()]);
+    }
+
+    #[test]
+    fn redaction_never_touches_protocol_names() {
+        let redactor = Redactor::new(["message", "text", "blocks", "type", "s3cret"]);
+        let msg = OutboundMessage::AssistantMessage {
+            text_blocks: vec!["a text message with s3cret".into()],
+        }
+        .redacted(&redactor);
+        let v = serde_json::to_value(msg).unwrap();
+        assert_eq!(v["message_type"], "assistant_message");
+        assert_eq!(
+            v["text_blocks"][0],
+            "a [REDACTED] [REDACTED] with [REDACTED]"
+        );
+        let mut out = Map::new();
+        out.insert("s3cret-key".into(), Value::String("s3cret".into()));
+        let v = serde_json::to_value(
+            OutboundMessage::ResultMessage {
+                data: ResultData::StructuredOutput {
+                    structured_output: out,
+                },
+                metadata: Map::new(),
+            }
+            .redacted(&redactor),
+        )
+        .unwrap();
+        assert_eq!(v["data"]["type"], "structured_output");
+        assert_eq!(
+            v["data"]["structured_output"],
+            serde_json::json!({"[REDACTED]-key": "[REDACTED]"})
+        );
     }
 
     #[test]

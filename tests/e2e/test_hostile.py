@@ -168,3 +168,31 @@ def test_hostile_input_quoting_a_known_secret_is_redacted_in_reply_and_log(echo_
     log = echo_runtime.log()
     assert "unknown message_type" in log
     assert secret not in log
+
+
+def test_secrets_that_spell_protocol_names_do_not_break_the_client(echo_runtime):
+    """Secrets like `message`, `type` or `text` are redacted from content
+    only, never from field names and tags the client parses."""
+    from runtimeuse_client import (CommandInterface, ExecuteCommandsOptions, QueryOptions,
+                                   RuntimeUseClient)
+
+    secrets = ["message", "type", "text", "result", "stdout", "data"]
+
+    async def scenario():
+        client = RuntimeUseClient(ws_url=echo_runtime.url)
+        streamed = []
+
+        async def on_assistant(msg):
+            streamed.extend(msg.text_blocks)
+
+        result = await client.query("STREAM_TEXT:a text message", QueryOptions(
+            system_prompt="", model="echo", secrets_to_redact=secrets, on_assistant_message=on_assistant))
+        commands = await client.execute_commands(
+            [CommandInterface(command="echo result data")],
+            ExecuteCommandsOptions(secrets_to_redact=secrets))
+        return result, streamed, commands
+
+    result, streamed, commands = run(scenario())
+    assert result.data.text == "done"
+    assert streamed == ["a [REDACTED] [REDACTED]"]
+    assert commands.results[0].stdout == "[REDACTED] [REDACTED]\n"
