@@ -106,13 +106,13 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // A `[` in the text could fake a marker and excuse a real leak.
-    if !text.contains(&b'[') {
-        if let Some((secret, at)) = common::unexplained_secret(&whole, &secrets, false) {
-            panic!(
-                "secret {secret:?} survives at byte {at} of {:?} (text {:?})",
-                common::show(&whole),
-                common::show(&text),
-            );
-        }
+    if !text.contains(&b'[')
+        && let Some((secret, at)) = common::unexplained_secret(&whole, &secrets, false)
+    {
+        panic!(
+            "secret {secret:?} survives at byte {at} of {:?} (text {:?})",
+            common::show(&whole),
+            common::show(&text),
+        );
     }
 });
