@@ -172,6 +172,10 @@ where
             }
         }
     }
+    if let Some(drain) = drain {
+        // The client left mid-drain: nobody will answer announcements.
+        drain.abort();
+    }
     session.close().await;
     // Background tasks (artifact uploads finishing) may still hold outbox
     // clones; the writer sends what is queued and closes regardless.
