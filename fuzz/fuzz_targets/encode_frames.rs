@@ -172,26 +172,58 @@ struct Found<'v> {
     text: &'v str,
 }
 
-/// Every key and string value in a frame, depth first.
-fn strings_in<'v>(value: &'v Value, top: bool, out: &mut Vec<Found<'v>>) {
+/// Where a JSON object sits: the runtime's own structure (whose field
+/// names and tags are protocol, never redacted, so not checked) or content
+/// a client or handler supplied (keys included, all checked).
+#[derive(Clone, Copy, PartialEq)]
+enum Level {
+    /// The message object itself.
+    Top,
+    /// `data` of a result, and each entry of `results`.
+    Nested,
+    /// Structured output, metadata: every key and string is content.
+    Content,
+}
+
+/// The protocol's tag values: fixed words, not content.
+const TAGS: [&str; 3] = ["message_type", "type", "stream"];
+
+/// Every content key and string value in a frame, depth first.
+fn strings_in<'v>(value: &'v Value, level: Level, out: &mut Vec<Found<'v>>) {
     let plain = |text| Found { field: None, text };
     match value {
         Value::String(s) => out.push(plain(s)),
-        Value::Array(items) => items.iter().for_each(|v| strings_in(v, false, out)),
+        Value::Array(items) => items.iter().for_each(|v| strings_in(v, Level::Content, out)),
         Value::Object(map) => {
             for (k, v) in map {
-                out.push(plain(k));
+                if level == Level::Content {
+                    out.push(plain(k));
+                }
+                if level != Level::Content && TAGS.contains(&k.as_str()) {
+                    continue;
+                }
                 let field = |text| Found {
                     field: Some(k),
                     text,
                 };
+                let inner = match (level, k.as_str()) {
+                    (Level::Top, "data") => Level::Nested,
+                    _ => Level::Content,
+                };
                 match v {
-                    Value::String(s) if top => out.push(field(s)),
-                    Value::Array(items) if top && items.iter().all(Value::is_string) => items
+                    Value::String(s) if level == Level::Top => out.push(field(s)),
+                    Value::Array(items) if level == Level::Top && k == "results" => items
                         .iter()
-                        .filter_map(Value::as_str)
-                        .for_each(|s| out.push(field(s))),
-                    _ => strings_in(v, false, out),
+                        .for_each(|item| strings_in(item, Level::Nested, out)),
+                    Value::Array(items)
+                        if level == Level::Top && items.iter().all(Value::is_string) =>
+                    {
+                        items
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .for_each(|s| out.push(field(s)))
+                    }
+                    _ => strings_in(v, inner, out),
                 }
             }
         }
@@ -225,8 +257,7 @@ fuzz_target!(|data: &[u8]| {
         OutboundMessage::CommandOutputMessage { .. } => Some("text"),
         _ => None,
     };
-    let mut whole = serde_json::to_value(&message).unwrap();
-    redactor.redact_json(&mut whole);
+    let whole = serde_json::to_value(message.redacted(&redactor)).unwrap();
     let split = split_field.is_some() && whole.to_string().len() > MAX_OUTBOUND_FRAME_BYTES;
 
     let mut pieces = String::new();
@@ -240,13 +271,17 @@ fuzz_target!(|data: &[u8]| {
         );
         let value: Value = serde_json::from_str(frame)
             .unwrap_or_else(|e| panic!("frame {n} is not JSON ({e}): {frame:.200}"));
+        assert!(
+            value["message_type"].as_str().is_some_and(|t| !t.contains('[')),
+            "frame {n} has a mangled message_type: {frame:.200}"
+        );
         if message.is_terminal() && is_too_big_error(&value) {
             // Only the runtime's own words and a number: if they spell a
             // secret (say `b`), that is no leak, just like the marker.
             continue;
         }
         let mut found = Vec::new();
-        strings_in(&value, true, &mut found);
+        strings_in(&value, Level::Top, &mut found);
         for Found { field, text } in found {
             let in_split_field = split_field.is_some() && field == split_field;
             // A split piece may start or end inside a marker.
@@ -263,23 +298,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // Text preservation, unless redaction rewrote the protocol's own words
-    // (a secret like `a` also turns `message_type` into `mess[REDACTED]ge_type`).
-    let protocol_words = [
-        "message_type",
-        "assistant_message",
-        "text_blocks",
-        "command_output_message",
-        "text",
-        "command",
-        "stream",
-        "stdout",
-        "stderr",
-    ];
-    let touched = secrets
-        .iter()
-        .any(|s| !s.is_empty() && protocol_words.iter().any(|w| w.contains(s.as_str())));
-    if let (Some(field), false) = (split_field, touched) {
+    // Text preservation: redaction never touches the protocol's own words,
+    // so the pieces always join to the redacted text.
+    if let Some(field) = split_field {
         let expected: String = match &whole[field] {
             Value::String(s) => s.clone(),
             Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),

@@ -19,10 +19,10 @@ fuzz_target!(|data: &[u8]| {
             // The accessors the session uses on a parsed message.
             let _ = message.source_id();
             if let InboundMessage::InvocationMessage(m) = message {
-                let _ = m.artifacts.all_dirs();
+                let _ = m.artifacts().all_dirs();
             }
             if let InboundMessage::CommandExecutionMessage(m) = message {
-                let _ = m.artifacts.all_dirs();
+                let _ = m.artifacts().all_dirs();
             }
         }
         // The error text is what the client is sent.
