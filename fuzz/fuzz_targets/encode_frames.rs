@@ -193,7 +193,9 @@ fn strings_in<'v>(value: &'v Value, level: Level, out: &mut Vec<Found<'v>>) {
     let plain = |text| Found { field: None, text };
     match value {
         Value::String(s) => out.push(plain(s)),
-        Value::Array(items) => items.iter().for_each(|v| strings_in(v, Level::Content, out)),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| strings_in(v, Level::Content, out)),
         Value::Object(map) => {
             for (k, v) in map {
                 if level == Level::Content {
@@ -272,7 +274,9 @@ fuzz_target!(|data: &[u8]| {
         let value: Value = serde_json::from_str(frame)
             .unwrap_or_else(|e| panic!("frame {n} is not JSON ({e}): {frame:.200}"));
         assert!(
-            value["message_type"].as_str().is_some_and(|t| !t.contains('[')),
+            value["message_type"]
+                .as_str()
+                .is_some_and(|t| !t.contains('[')),
             "frame {n} has a mangled message_type: {frame:.200}"
         );
         if message.is_terminal() && is_too_big_error(&value) {
