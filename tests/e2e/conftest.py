@@ -160,7 +160,7 @@ import shutil
 import uuid
 
 import websockets
-from runtimeuse_client import QueryOptions
+from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, QueryOptions, RuntimeUseClient
 
 #: What the real client's `websockets.connect` accepts: frames over 1 MiB
 #: close the connection (code 1009). Raw test clients mirror it.
@@ -275,6 +275,13 @@ async def raw_connect(url: str, **kw):
     kw.setdefault("max_size", CLIENT_MAX_FRAME)
     async with websockets.connect(url, **kw) as ws:
         yield RawClient(ws)
+
+
+def execute(url, commands, **kw):
+    """One-shot `execute_commands` with the real client; plain strings are
+    turned into commands."""
+    cmds = [c if isinstance(c, CommandInterface) else CommandInterface(command=c) for c in commands]
+    return run(RuntimeUseClient(ws_url=url).execute_commands(cmds, ExecuteCommandsOptions(**kw)))
 
 
 def of_type(messages, message_type: str) -> list[dict]:

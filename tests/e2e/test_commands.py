@@ -5,18 +5,12 @@ import pytest
 from runtimeuse_client import (
     AgentRuntimeError,
     CommandInterface,
-    ExecuteCommandsOptions,
     RuntimeUseClient,
 )
 
-from conftest import OMITTED_RE, command_execution, of_type, qopts, raw_connect, run, terminal_of
+from conftest import OMITTED_RE, command_execution, execute, of_type, qopts, raw_connect, run, terminal_of
 
 MIB = 1024 * 1024
-
-
-def execute(url, commands, **kw):
-    cmds = [c if isinstance(c, CommandInterface) else CommandInterface(command=c) for c in commands]
-    return run(RuntimeUseClient(ws_url=url).execute_commands(cmds, ExecuteCommandsOptions(**kw)))
 
 
 class Collector:

@@ -1,6 +1,5 @@
 """Downloads: `pre_agent_downloadables` / `pre_execution_downloadables`,
 fetched from a real HTTP server on 127.0.0.1 before anything else runs."""
-import asyncio
 import io
 import os
 import stat

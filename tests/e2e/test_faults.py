@@ -5,9 +5,7 @@ start_runtime fixture also checks the runtime's group on teardown)."""
 import asyncio
 import contextlib
 import http.server
-import os
 import signal
-import socket
 import stat
 import threading
 import time

@@ -14,7 +14,6 @@ from conftest import (
     BIN,
     free_port,
     invocation,
-    of_type,
     pgrep,
     qopts,
     raw_connect,

@@ -3,7 +3,6 @@ sends in a varied session validates against wire-outbound.schema.json, and
 every message the real client builds validates against
 wire-inbound.schema.json."""
 import json
-import pathlib
 
 import jsonschema
 from runtimeuse_client import CommandInterface, RuntimeEnvironmentDownloadableInterface

@@ -10,7 +10,7 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import command_execution, invocation, qopts, raw_connect, run
+from conftest import execute, command_execution, invocation, qopts, raw_connect, run
 
 R = "[REDACTED]"
 
@@ -22,11 +22,6 @@ def secret():
 
 def query(url, prompt, **kw):
     return run(RuntimeUseClient(ws_url=url).query(prompt, qopts(**kw)))
-
-
-def execute(url, commands, **kw):
-    cmds = [c if isinstance(c, CommandInterface) else CommandInterface(command=c) for c in commands]
-    return run(RuntimeUseClient(ws_url=url).execute_commands(cmds, ExecuteCommandsOptions(**kw)))
 
 
 class Collector:
@@ -197,7 +192,7 @@ def test_every_message_kind_raw(start_runtime, secret):
         invocation(f"ECHO:result {secret}", secrets_to_redact=[secret], source_id=f"src-{secret}"),
         invocation("STRUCTURED:" + json.dumps({"v": secret}), secrets_to_redact=[secret]),
         invocation(f"ERROR:error {secret}", secrets_to_redact=[secret]),
-        invocation(f"SLOW:300", secrets_to_redact=[secret],
+        invocation("SLOW:300", secrets_to_redact=[secret],
                    post_agent_invocation_commands=[{"command": f"echo {secret}; exit 3", "cwd": None, "env": None}]),
         command_execution(
             [
