@@ -245,6 +245,14 @@ mod tests {
         fs::metadata(path).unwrap().mode() & 0o7777
     }
 
+    /// What a cache dir holds once both handlers are written, and nothing
+    /// else (no temporary files).
+    const EVERY_FILE: [&str; 3] = [
+        "claude_handler.py",
+        "openai_handler.py",
+        "runtimeuse_protocol.py",
+    ];
+
     fn names_in(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
@@ -277,14 +285,7 @@ mod tests {
             assert_eq!(mode(&path), 0o755);
         }
         // No temporary files left behind.
-        assert_eq!(
-            names_in(&dir),
-            [
-                "claude_handler.py",
-                "openai_handler.py",
-                "runtimeuse_protocol.py"
-            ]
-        );
+        assert_eq!(names_in(&dir), EVERY_FILE);
     }
 
     #[test]
@@ -517,14 +518,7 @@ mod tests {
             let expected = script(name.trim_end_matches("_handler.py")).unwrap();
             assert_eq!(fs::read_to_string(&path).unwrap(), expected);
         }
-        assert_eq!(
-            names_in(&dir),
-            [
-                "claude_handler.py",
-                "openai_handler.py",
-                "runtimeuse_protocol.py"
-            ]
-        );
+        assert_eq!(names_in(&dir), EVERY_FILE);
     }
 
     #[test]
