@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::upload::scrub_url;
 use super::*;
+use crate::testing::eventually;
 
 /// What the fake uploader received.
 #[derive(Debug, Clone)]
@@ -141,14 +142,6 @@ fn append(path: &Path, bytes: &[u8]) {
     use std::io::Write;
     let mut file = fs::OpenOptions::new().append(true).open(path).unwrap();
     file.write_all(bytes).unwrap();
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -66,22 +66,6 @@ def token():
     return secrets.token_urlsafe(24)
 
 
-@pytest.fixture
-def cert(tmp_path):
-    """A self-signed certificate for localhost and 127.0.0.1."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-addext", "basicConstraints=critical,CA:FALSE"],
-        check=True, capture_output=True,
-    )
-    return str(cert), str(key)
-
-
 def echo_ok(url: str):
     """Runs `echo ok` through the real client; returns the result."""
     client = RuntimeUseClient(ws_url=url)
