@@ -23,7 +23,6 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-import pytest
 from runtimeuse_client import ArtifactUploadRequestMessageInterface, ArtifactUploadResult
 
 MiB = 1024 * 1024
@@ -290,13 +289,6 @@ class HttpFixture:
         self._thread.join(5)
 
 
-@pytest.fixture
-def http_server():
-    server = HttpFixture()
-    yield server
-    server.close()
-
-
 class ForwardProxy:
     """An HTTP proxy on 127.0.0.1: `CONNECT host:port` opens a tunnel (what a
     client does for `https://` through `HTTPS_PROXY`), and an absolute-form
@@ -369,13 +361,6 @@ class ForwardProxy:
 
     def close(self):
         self._listener.close()
-
-
-@pytest.fixture
-def forward_proxy():
-    proxy = ForwardProxy()
-    yield proxy
-    proxy.close()
 
 
 class ArtifactSink:

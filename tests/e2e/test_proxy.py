@@ -5,9 +5,9 @@ requests) and `NO_PROXY`, read from the runtime's environment.
 The proxy and the servers are real, on 127.0.0.1; the proxy records every
 request line, so each test can tell whether the runtime went through it."""
 from runtimeuse_client import CommandInterface
-
-from http_fixtures import ArtifactSink, HttpFixture, forward_proxy, http_server  # noqa: F401 (fixtures)
 from test_downloads import dl, execute
+
+from http_fixtures import ArtifactSink, HttpFixture
 
 
 def no_proxy_env(**env) -> dict:
