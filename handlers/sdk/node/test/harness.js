@@ -11,7 +11,7 @@ export const SDK_URL = new URL("../index.js", import.meta.url).href;
 
 /** Writes `source` to a temporary file; `SDK` in it is the SDK's URL. */
 export function scriptFile(source, name = "handler.mjs") {
-  const dir = mkdtempSync(join(tmpdir(), "runtimeuse-handler-test-"));
+  const dir = mkdtempSync(join(tmpdir(), "rtu-node-sdk-test-"));
   const path = join(dir, name);
   writeFileSync(path, source.replaceAll("SDK", SDK_URL));
   return path;
