@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AgentSource, Config, TlsFiles};
 
@@ -17,7 +17,12 @@ use crate::config::{AgentSource, Config, TlsFiles};
 /// agent invocations, streams output back and redacts secrets.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Something else than serving (see `runtimeuse help check-handler`).
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+
     /// Bundled agent handler: echo (no model, for testing), openai, claude.
     #[arg(
         long,
@@ -118,11 +123,71 @@ pub struct Cli {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Check an agent handler against the handler protocol, with no client:
+    /// one line per scenario and a summary; exit 0 only if all pass.
+    CheckHandler(CheckHandlerArgs),
+}
+
+/// `runtimeuse check-handler` flags.
+#[derive(Debug, Args)]
+#[command(after_help = CHECK_AFTER_HELP)]
+pub struct CheckHandlerArgs {
+    /// The handler, as you would pass it to --handler.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+
+    /// Judge every scenario by content, as an echo handler (default: only
+    /// if it echoes the first prompt back).
+    #[arg(long)]
+    pub echo: bool,
+
+    /// Longest wait for one invocation's answer (the first includes start-up).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// How long the handler may take to answer a cancel.
+    #[arg(long, env = "RUNTIMEUSE_HANDLER_CANCEL_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub handler_cancel_grace: Duration,
+
+    /// How long it may take to exit once stdin closes (then SIGTERM, SIGKILL).
+    #[arg(long, env = "RUNTIMEUSE_KILL_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub kill_grace: Duration,
+
+    /// Invocations sent in the "warm" scenario.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub invocations: usize,
+}
+
+impl CheckHandlerArgs {
+    /// The check's options.
+    pub fn options(&self) -> crate::check_handler::CheckOptions {
+        crate::check_handler::CheckOptions {
+            expect_echo: self.echo,
+            timeout: self.timeout,
+            cancel_grace: self.handler_cancel_grace,
+            kill_grace: self.kill_grace,
+            warm_invocations: self.invocations,
+        }
+    }
+}
+
+const CHECK_AFTER_HELP: &str = "\
+The scenarios send the prompts of --agent echo (ECHO:, STRUCTURED:, SLOW:, ...).
+A handler that echoes the first one back is judged by content; any other by
+protocol conformance only (one well-formed terminal of the right kind, no
+stray stdout, cancel honoured within the grace, warm process, exit on EOF).
+With a model-backed handler every scenario is a real model call (about 20).
+Set RUNTIMEUSE_LOG=info to see the handler's stderr.";
+
 const AFTER_HELP: &str = "\
 Examples:
   runtimeuse --agent echo              # no model, no key: test your client integration
   OPENAI_API_KEY=... runtimeuse        # the OpenAI handler (default) on port 8080
   runtimeuse --handler ./my_agent.py   # your own handler, any language
+  runtimeuse check-handler ./my_agent.py   # check it against the handler protocol
 
 Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level.";
 
@@ -204,6 +269,28 @@ mod tests {
         let config = cli.into_config();
         assert_eq!(config.agent, AgentSource::Path("./a.py".into()));
         assert_eq!(config.listen.port(), 9);
+    }
+
+    #[test]
+    fn check_handler_subcommand() {
+        let cli = Cli::parse_from([
+            "runtimeuse",
+            "check-handler",
+            "--echo",
+            "--timeout",
+            "5s",
+            "./h.sh",
+        ]);
+        let Some(CliCommand::CheckHandler(args)) = cli.command else {
+            panic!("not parsed as check-handler");
+        };
+        assert_eq!(args.path, PathBuf::from("./h.sh"));
+        let options = args.options();
+        assert!(options.expect_echo);
+        assert_eq!(options.timeout, Duration::from_secs(5));
+        assert_eq!(options.warm_invocations, 10);
+        // Serving flags do not mix with a subcommand.
+        assert!(Cli::try_parse_from(["runtimeuse", "--port", "9", "check-handler", "x"]).is_err());
     }
 
     #[test]

@@ -391,10 +391,12 @@ impl HandlerHost {
     }
 
     /// Closes the handler's stdin, gives it `grace` to exit, then terminates
-    /// its process group. Nothing it started is left running.
-    pub async fn shutdown(&mut self, grace: Duration) {
+    /// its process group. Nothing it started is left running. Returns
+    /// whether the handler exited by itself within `grace` (as the protocol
+    /// asks; `check-handler` reports it).
+    pub async fn shutdown(&mut self, grace: Duration) -> bool {
         let Some(live) = self.live.take() else {
-            return;
+            return true;
         };
         let Live {
             mut child,
@@ -406,7 +408,7 @@ impl HandlerHost {
             ..
         } = live;
         drop(stdin);
-        let _ = timeout(grace, child.wait()).await;
+        let exited = timeout(grace, child.wait()).await.is_ok();
         process::terminate_group(&mut child, grace).await;
         process::kill_group_remnants(pgid, grace).await;
         drop(events);
@@ -414,6 +416,7 @@ impl HandlerHost {
         if timeout(STDERR_DRAIN, &mut stderr_task).await.is_err() {
             stderr_task.abort();
         }
+        exited
     }
 
     fn spawn(&mut self, redactor: &Redactor) -> Result<(), HandlerError> {

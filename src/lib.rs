@@ -30,6 +30,7 @@ pub mod archive;
 pub mod artifacts;
 pub mod auth;
 pub mod bundled;
+pub mod check_handler;
 pub mod cli;
 pub mod commands;
 pub mod config;

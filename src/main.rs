@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use runtimeuse::cli::Cli;
+use runtimeuse::cli::{CheckHandlerArgs, Cli, CliCommand};
 use runtimeuse::server::Server;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -23,8 +23,13 @@ fn main() -> ExitCode {
         runtimeuse::echo::run();
         return ExitCode::SUCCESS;
     }
-    let config = Cli::parse().into_config();
-    init_logging();
+    let mut cli = Cli::parse();
+    if let Some(CliCommand::CheckHandler(args)) = cli.command.take() {
+        init_logging_at("warn");
+        return check_handler(&args);
+    }
+    let config = cli.into_config();
+    init_logging_at("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -60,9 +65,43 @@ async fn run(config: runtimeuse::Config) -> anyhow::Result<()> {
     server.run().await
 }
 
-fn init_logging() {
+/// `runtimeuse check-handler`: the report on stdout, the runtime's (and the
+/// handler's, with RUNTIMEUSE_LOG=info) log on stderr.
+fn check_handler(args: &CheckHandlerArgs) -> ExitCode {
+    let agent = runtimeuse::AgentSource::Path(args.path.clone());
+    let command = match runtimeuse::handler_host::resolve(&agent) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("runtimeuse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("runtimeuse: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = args.options();
+    let mut stdout = std::io::stdout().lock();
+    match runtime.block_on(runtimeuse::check_handler::check(
+        command,
+        &options,
+        &mut stdout,
+    )) {
+        Ok(report) if report.passed() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("runtimeuse: writing the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging_at(default: &str) {
     let filter =
-        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(runtimeuse::logging::RedactingStderr)
