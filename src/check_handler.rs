@@ -19,34 +19,123 @@
 //! handler" for the table.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::handler_host::{
+use crate::config::AgentSource;
+use crate::handler::{
     AgentOutput, HandlerCommand, HandlerError, HandlerHost, Invocation, InvokeContext,
 };
 use crate::outbox::Outbox;
 use crate::redact::Redactor;
 use crate::wire::{OutboundMessage, ResultData};
 
+/// Check an agent handler against the handler protocol, with no client:
+/// one line per scenario and a summary; exit 0 only if all pass.
+#[derive(Debug, Parser)]
+#[command(name = "runtimeuse check-handler", version, after_help = AFTER_HELP)]
+struct Args {
+    /// The handler, as you would pass it to --handler.
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+
+    /// Judge every scenario by content, as an echo handler (default: only
+    /// if it echoes the first prompt back).
+    #[arg(long)]
+    echo: bool,
+
+    /// Longest wait for one invocation's answer (the first includes start-up).
+    #[arg(long, default_value = "60s", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+
+    /// How long the handler may take to answer a cancel.
+    #[arg(long, env = "RUNTIMEUSE_HANDLER_CANCEL_GRACE", default_value = "2s", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    handler_cancel_grace: Duration,
+
+    /// How long it may take to exit once stdin closes (then SIGTERM, SIGKILL).
+    #[arg(long, env = "RUNTIMEUSE_KILL_GRACE", default_value = "2s", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    kill_grace: Duration,
+
+    /// Invocations sent in the "warm" scenario.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    invocations: usize,
+}
+
+const AFTER_HELP: &str = "\
+The scenarios send the prompts of --agent echo (ECHO:, STRUCTURED:, SLOW:, ...).
+A handler that echoes the first one back is judged by content; any other by
+protocol conformance only (one well-formed terminal of the right kind, no
+stray stdout, cancel honoured within the grace, warm process, exit on EOF).
+With a model-backed handler every scenario is a real model call (about 20).
+Set RUNTIMEUSE_LOG=info to see the handler's stderr.";
+
+impl Args {
+    fn options(&self) -> CheckOptions {
+        CheckOptions {
+            expect_echo: self.echo,
+            timeout: self.timeout,
+            cancel_grace: self.handler_cancel_grace,
+            kill_grace: self.kill_grace,
+            warm_invocations: self.invocations,
+        }
+    }
+}
+
+/// `runtimeuse check-handler ARGS...` (`args` are those after the
+/// subcommand's name): the report on stdout, the runtime's log on stderr (the handler's
+/// stderr too, with RUNTIMEUSE_LOG=info). Exit 0 if every scenario passed,
+/// 1 if one failed, 2 if the handler cannot be started at all.
+pub(crate) fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args =
+        Args::parse_from(std::iter::once(OsString::from("runtimeuse check-handler")).chain(args));
+    crate::cli::init_logging("warn");
+    let command = match HandlerCommand::resolve(&AgentSource::Path(args.path.clone())) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("runtimeuse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("runtimeuse: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = io::stdout().lock();
+    match runtime.block_on(check(command, &args.options(), &mut stdout)) {
+        Ok(report) if report.passed() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("runtimeuse: writing the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// How a check runs.
 #[derive(Debug, Clone)]
-pub struct CheckOptions {
+struct CheckOptions {
     /// Judge by content even if the probe is not echoed.
-    pub expect_echo: bool,
+    expect_echo: bool,
     /// Longest wait for one invocation's terminal (the first includes the
     /// handler's start-up, e.g. a build).
-    pub timeout: Duration,
+    timeout: Duration,
     /// How long the handler has to answer a cancel (as `--handler-cancel-grace`).
-    pub cancel_grace: Duration,
+    cancel_grace: Duration,
     /// SIGTERM -> SIGKILL grace, and how long it has to exit on stdin EOF.
-    pub kill_grace: Duration,
+    kill_grace: Duration,
     /// Invocations in the "warm" scenario.
-    pub warm_invocations: usize,
+    warm_invocations: usize,
 }
 
 impl Default for CheckOptions {
@@ -63,7 +152,7 @@ impl Default for CheckOptions {
 
 /// How scenarios are judged (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Judging {
+enum Judging {
     /// An echo handler: exact content.
     Content,
     /// Any handler: protocol conformance.
@@ -72,34 +161,34 @@ pub enum Judging {
 
 /// One scenario's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+struct Verdict {
     /// Short scenario name.
-    pub scenario: &'static str,
+    scenario: &'static str,
     /// Whether it passed.
-    pub passed: bool,
+    passed: bool,
     /// What was seen (or expected and missed).
-    pub detail: String,
+    detail: String,
 }
 
 /// The whole run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+struct Report {
     /// How the scenarios were judged.
-    pub judging: Judging,
+    judging: Judging,
     /// One verdict per scenario, in order.
-    pub verdicts: Vec<Verdict>,
+    verdicts: Vec<Verdict>,
 }
 
 impl Report {
     /// Whether every scenario passed.
-    pub fn passed(&self) -> bool {
+    fn passed(&self) -> bool {
         self.verdicts.iter().all(|v| v.passed)
     }
 }
 
 /// Runs every scenario against `command`, printing one line per scenario
 /// (and a header and summary) to `out` as it goes.
-pub async fn check(
+async fn check(
     command: HandlerCommand,
     options: &CheckOptions,
     out: &mut impl Write,
@@ -966,6 +1055,23 @@ mod tests {
         slow.timed_out = true;
         let verdict = judge_env(&slow, Judging::Protocol, "v");
         assert!(!verdict.passed && verdict.detail.contains("--timeout"));
+    }
+
+    #[test]
+    fn flags() {
+        let args = Args::parse_from([
+            "runtimeuse check-handler",
+            "--echo",
+            "--timeout",
+            "5s",
+            "./h.sh",
+        ]);
+        assert_eq!(args.path, PathBuf::from("./h.sh"));
+        let options = args.options();
+        assert!(options.expect_echo);
+        assert_eq!(options.timeout, Duration::from_secs(5));
+        assert_eq!(options.warm_invocations, 10);
+        assert!(Args::try_parse_from(["runtimeuse check-handler"]).is_err());
     }
 
     #[test]
