@@ -35,6 +35,7 @@ pub mod commands;
 pub mod config;
 pub mod downloads;
 pub mod echo;
+pub mod embedded;
 pub mod handler_host;
 pub mod http_client;
 pub mod init;
