@@ -34,6 +34,7 @@ pub mod cli;
 mod commands;
 mod config;
 mod downloads;
+mod embedded;
 mod frames;
 mod handler;
 mod http;
