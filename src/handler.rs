@@ -36,6 +36,7 @@ mod command;
 mod invocation;
 mod pipes;
 mod protocol;
+mod sdks;
 
 use std::sync::Arc;
 use std::time::Duration;
