@@ -51,6 +51,8 @@ def handle(invocation, ctx):
         return {"text": "not cancelled"}
     if verb == "THREAD":
         return {"text": threading.current_thread().name}
+    if verb == "MODULES":
+        return {"text": " ".join(m for m in ("asyncio", "concurrent.futures") if m in sys.modules)}
     return {"text": invocation.user_prompt}
 
 run_handler(handle)
@@ -218,10 +220,13 @@ def test_print_subprocesses_and_fd_1_go_to_stderr(start):
         assert chatter in child.stderr
 
 
-def test_sync_handlers_run_off_the_main_thread(start):
+def test_sync_handlers_run_off_the_main_thread_without_asyncio(start):
     child = start(SYNC)
     child.invoke("t", "THREAD")
     assert child.terminal()["text"] != "MainThread"
+    # asyncio is a good part of start-up, paid per client connection.
+    child.invoke("m", "MODULES")
+    assert child.terminal()["text"] == ""
     child.close()
 
 
