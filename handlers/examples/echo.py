@@ -8,9 +8,12 @@ SLOW:<ms> (cancellable), STREAM:<n>, STREAM_TEXT:<text>, ERROR:<msg>,
 WRITE_FILE:<path> <content>, READ_FILE:<path>, ENV:<name>; anything else
 is echoed. The runtime makes `runtimeuse_handler` importable; elsewhere put
 handlers/sdk/python on PYTHONPATH.
+
+A plain function (the SDK runs it on a thread and sets `ctx.cancelled` on
+cancel), so the handler starts without asyncio; an `async def` handler
+works the same way, cancelled as a task.
 """
 
-import asyncio
 import json
 import pathlib
 
@@ -27,12 +30,14 @@ def fail(message):
     return HandlerError(message, METADATA)
 
 
-async def slow(rest):
+def slow(rest, ctx):
     try:
         ms = int(rest.strip())
     except ValueError:
         raise fail(f"SLOW: not a number of milliseconds: {rest!r}") from None
-    await asyncio.sleep(ms / 1000)  # a cancel cancels this task here
+    # A sleep that a cancel cuts short; the SDK has answered the cancel
+    # already, so what is returned then is dropped.
+    ctx.cancelled.wait(ms / 1000)
     return text("done")
 
 
@@ -80,7 +85,7 @@ def env(name, invocation):
     return text(invocation.env[name])
 
 
-async def handle(invocation, ctx):
+def handle(invocation, ctx):
     verb, sep, rest = invocation.user_prompt.partition(":")
     if not sep:
         return text(invocation.user_prompt)
@@ -89,7 +94,7 @@ async def handle(invocation, ctx):
     if verb == "STRUCTURED":
         return structured(rest)
     if verb == "SLOW":
-        return await slow(rest)
+        return slow(rest, ctx)
     if verb == "STREAM":
         return stream(rest, ctx)
     if verb == "STREAM_TEXT":
