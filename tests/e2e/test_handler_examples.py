@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import (
+from helpers import (
     BIN,
     ROOT,
     HeartbeatSeen,
