@@ -3,18 +3,18 @@ protocol) and a module written for the original Node runtime, through the
 real runtime (`--handler PATH`, SDKs from the runtime's own cache) and the
 real `runtimeuse-client`: the same suite for each, plus `check-handler`.
 """
-import asyncio
 import json
 import pathlib
 import shutil
 import subprocess
-import time
 
 import pytest
+from runtimeuse_client import AgentRuntimeError, RuntimeUseClient
+
 from helpers import (
     BIN,
     ROOT,
-    HeartbeatSeen,
+    abort_mid_request,
     invocation,
     qopts,
     raw_connect,
@@ -22,7 +22,6 @@ from helpers import (
     terminal_of,
     unique,
 )
-from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
 
 EXAMPLES = ROOT / "handlers" / "examples"
 NODE_RUNTIME_MODULE = pathlib.Path(__file__).resolve().parent / "handlers" / "node_runtime_echo.mjs"
@@ -144,14 +143,7 @@ def test_cancel_is_honoured_and_the_handler_stays_warm(start_runtime, name):
     async def main():
         async with RuntimeUseClient(ws_url=rt.url).session() as s:
             assert (await s.query("ECHO:warm up", qopts())).data.text == "warm up"
-            beat = HeartbeatSeen()
-            task = asyncio.create_task(s.query("SLOW:60000", qopts(logger=beat.logger())))
-            await asyncio.wait_for(beat.event.wait(), 20)  # the runtime is mid-request
-            started = time.monotonic()
-            s.abort()
-            with pytest.raises(CancelledException):
-                await asyncio.wait_for(task, 20)
-            assert time.monotonic() - started < 10
+            assert await abort_mid_request(s, "SLOW:60000") < 10
             assert (await s.query("ECHO:after cancel", qopts())).data.text == "after cancel"
 
     run(main())
