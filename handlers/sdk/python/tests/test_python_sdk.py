@@ -17,8 +17,7 @@ def handle(invocation, ctx):
         import json
         return {"structured_output": json.loads(rest)}
     if verb == "INFO":
-        import dataclasses
-        return {"structured_output": dataclasses.asdict(invocation)}
+        return {"structured_output": invocation._asdict()}
     if verb == "SAY":
         ctx.send_assistant(rest)
         ctx.send_assistant([rest, "second"])
