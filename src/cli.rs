@@ -158,7 +158,9 @@ struct Cli {
 
     /// Shared secret clients must present (ws://:TOKEN@host, ?token=TOKEN,
     /// or Authorization: Bearer TOKEN).
-    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true)]
+    // A token may start with '-' (one from secrets.token_urlsafe does, one
+    // time in 64): it is a value, not a flag.
+    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true, allow_hyphen_values = true)]
     auth_token: Option<String>,
 
     /// PEM certificate chain: serve wss:// (needs --tls-key).
@@ -278,6 +280,17 @@ mod tests {
         let cli = Cli::parse_from(["runtimeuse", "--handler", "./a.py", "--port", "9"]);
         let config = cli.into_config();
         assert_eq!(config.agent, AgentSource::Path("./a.py".into()));
+        assert_eq!(config.listen.port(), 9);
+    }
+
+    #[test]
+    fn a_token_may_start_with_a_hyphen() {
+        let cli = Cli::parse_from(["runtimeuse", "--auth-token", "-7mGJauvS2", "--port", "9"]);
+        let config = cli.into_config();
+        assert_eq!(
+            config.auth_token.as_ref().map(|t| t.expose()),
+            Some("-7mGJauvS2")
+        );
         assert_eq!(config.listen.port(), 9);
     }
 
