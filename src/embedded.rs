@@ -43,7 +43,7 @@ const STAGING_PREFIX: &str = ".staging-";
 
 /// A directory tree embedded by `build.rs`.
 #[derive(Debug)]
-pub struct EmbeddedTree {
+pub(crate) struct EmbeddedTree {
     /// Names the tree's directories in the cache.
     pub name: &'static str,
     /// Hash of every path, mode and byte: the tree's version.
@@ -54,7 +54,7 @@ pub struct EmbeddedTree {
 
 /// One file of an [`EmbeddedTree`].
 #[derive(Debug)]
-pub struct EmbeddedFile {
+pub(crate) struct EmbeddedFile {
     /// Relative to the tree's top (the crate root), `/`-separated.
     pub path: &'static str,
     /// The file's bytes.
@@ -65,7 +65,7 @@ pub struct EmbeddedFile {
 
 /// Where trees may be unpacked, best first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheDirs {
+pub(crate) struct CacheDirs {
     candidates: Vec<CacheDir>,
     explicit: bool,
 }
@@ -80,7 +80,7 @@ struct CacheDir {
 
 /// A tree in place, ready to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
+pub(crate) struct Installed {
     /// `<cache>/<tree>-<variant>-<digest>`.
     pub dir: PathBuf,
     /// Whether this call unpacked it (false: it was there already).
@@ -89,7 +89,7 @@ pub struct Installed {
 
 /// Why a tree could not be put in place.
 #[derive(Debug, thiserror::Error)]
-pub enum InstallError {
+pub(crate) enum InstallError {
     /// No cache directory could be created or written.
     #[error(
         "cannot write to the cache directory {dir}: {source} (set --cache-dir or RUNTIMEUSE_CACHE_DIR to a writable directory)"
@@ -108,7 +108,7 @@ pub enum InstallError {
 impl CacheDirs {
     /// The cache location for an optional `--cache-dir` override, from the
     /// process environment (`XDG_CACHE_HOME`, `HOME`, the temp dir).
-    pub fn new(explicit: Option<&Path>) -> Self {
+    pub(crate) fn new(explicit: Option<&Path>) -> Self {
         match explicit {
             Some(dir) => Self::only(dir),
             None => Self::defaults(
@@ -121,7 +121,7 @@ impl CacheDirs {
     }
 
     /// Exactly `dir`, with no fallback.
-    pub fn only(dir: &Path) -> Self {
+    pub(crate) fn only(dir: &Path) -> Self {
         Self {
             candidates: vec![CacheDir {
                 dir: dir.to_path_buf(),
@@ -164,20 +164,20 @@ impl CacheDirs {
     }
 
     /// The directories tried, best first (for messages).
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &Path> {
         self.candidates.iter().map(|c| c.dir.as_path())
     }
 }
 
 impl EmbeddedTree {
     /// The file at `path` (relative to the tree's top), if embedded.
-    pub fn file(&self, path: &str) -> Option<&'static EmbeddedFile> {
+    pub(crate) fn file(&self, path: &str) -> Option<&'static EmbeddedFile> {
         self.files.iter().find(|f| f.path == path)
     }
 
     /// The complete copy of variant `variant`, if one is in any cache
     /// directory. Writes nothing.
-    pub fn installed(&self, cache: &CacheDirs, variant: &str) -> Option<PathBuf> {
+    pub(crate) fn installed(&self, cache: &CacheDirs, variant: &str) -> Option<PathBuf> {
         cache
             .candidates
             .iter()
@@ -186,14 +186,14 @@ impl EmbeddedTree {
     }
 
     /// Unpacks the tree as is (variant `files`), unless it is in place.
-    pub fn unpack(&self, cache: &CacheDirs) -> Result<Installed, InstallError> {
+    pub(crate) fn unpack(&self, cache: &CacheDirs) -> Result<Installed, InstallError> {
         self.install(cache, "files", |_| Ok::<(), io::Error>(()))
     }
 
     /// Puts variant `variant` of the tree in place: the files, then
     /// `prepare(staging_dir)`, then an atomic rename. If a complete copy is
     /// there already, nothing is written and `prepare` is not called.
-    pub fn install<E: Display>(
+    pub(crate) fn install<E: Display>(
         &self,
         cache: &CacheDirs,
         variant: &str,
