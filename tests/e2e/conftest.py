@@ -60,7 +60,7 @@ def wait_until(predicate, timeout=10.0, interval=0.02):
 class Runtime:
     """One running `runtimeuse` process."""
 
-    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None):
+    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None, command=None):
         self.port = free_port()
         self.scheme = scheme
         self.log_path = log_path
@@ -68,7 +68,9 @@ class Runtime:
         full_env.setdefault("RUNTIMEUSE_LOG", "info")
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [BIN, "--host", "127.0.0.1", "--port", str(self.port), *args],
+            # `command`: how the runtime is launched (default: the binary
+            # itself; `npx runtimeuse` or an installed wheel's script).
+            [*(command or [BIN]), "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=subprocess.DEVNULL,
             stderr=open(log_path, "wb"),
             env=full_env,
@@ -118,7 +120,7 @@ def start_runtime(tmp_path):
     started = []
     attempts = itertools.count()
 
-    def start(*args, env=None, scheme="ws", preexec_fn=None):
+    def start(*args, env=None, scheme="ws", preexec_fn=None, command=None):
         # Numbered by attempt, not by success: a runtime that fails to start
         # (tests of startup errors) must not make the next one collide.
         n = next(attempts)
@@ -132,6 +134,7 @@ def start_runtime(tmp_path):
             scheme=scheme,
             cwd=workdir,
             preexec_fn=preexec_fn,
+            command=command,
         )
         started.append(rt)
         return rt

@@ -19,6 +19,9 @@ const PLATFORM_PACKAGES = {
   "linux-arm64": "@runtimeuse/linux-arm64",
 };
 
+/** How often to check whether our parent is gone (see watchParent). */
+const PARENT_POLL_MS = 500;
+
 /** Signals a supervisor or a terminal may send that the runtime must see. */
 const FORWARDED_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
 
@@ -65,6 +68,23 @@ function ensureExecutable(file) {
   }
 }
 
+/**
+ * `npx runtimeuse` runs this script under `sh -c`, and npx passes a SIGTERM
+ * it gets only to that shell, which dies without passing it on: we would be
+ * orphaned and the runtime would keep running. So a parent that goes away
+ * counts as a SIGTERM for the runtime (graceful shutdown, then we exit).
+ */
+function watchParent(child) {
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid !== parent) {
+      clearInterval(timer);
+      child.kill("SIGTERM");
+    }
+  }, PARENT_POLL_MS);
+  timer.unref();
+}
+
 function run() {
   const binary = binaryPath();
   ensureExecutable(binary);
@@ -74,6 +94,7 @@ function run() {
     process.on(signal, forward);
     return [signal, forward];
   });
+  watchParent(child);
   child.on("error", (error) => fail(`cannot run ${binary}: ${error.message}`));
   child.on("exit", (code, signal) => {
     for (const [name, forward] of forwarders) {
