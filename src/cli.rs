@@ -10,13 +10,14 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{AgentSource, Config, TlsFiles};
+use crate::logging::LogFormat;
 
 /// runtimeuse: the agent runtime that runs inside a sandbox.
 ///
 /// Listens for a runtimeuse client over WebSocket, runs its commands and
 /// agent invocations, streams output back and redacts secrets.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(version, long_version = LONG_VERSION, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Bundled agent handler: echo (no model, for testing), openai, claude.
     #[arg(
@@ -116,7 +117,20 @@ pub struct Cli {
     /// Extra root certificate(s) (PEM) trusted for downloads and uploads.
     #[arg(long, env = "RUNTIMEUSE_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
+
+    /// Log line format: text, or json (one object per line, for log shippers).
+    #[arg(long, env = "RUNTIMEUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
+
+/// `--version`: the runtime's version, and the protocols it speaks with the
+/// client version its end-to-end tests run against (tests check both
+/// against `protocol/`, the handler host and `tests/requirements.txt`).
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nwire protocol: v1 (tested with runtimeuse-client 0.15.1)",
+    "\nhandler protocol: v1"
+);
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -124,7 +138,8 @@ Examples:
   OPENAI_API_KEY=... runtimeuse        # the OpenAI handler (default) on port 8080
   runtimeuse --handler ./my_agent.py   # your own handler, any language
 
-Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level.";
+Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level,
+--log-format json for one JSON object per line.";
 
 impl Cli {
     /// The configuration these flags describe.
@@ -204,6 +219,24 @@ mod tests {
         let config = cli.into_config();
         assert_eq!(config.agent, AgentSource::Path("./a.py".into()));
         assert_eq!(config.listen.port(), 9);
+    }
+
+    #[test]
+    fn long_version_names_the_handler_protocol_in_force() {
+        let line = format!(
+            "handler protocol: v{}",
+            crate::handler_host::PROTOCOL_VERSION
+        );
+        assert!(LONG_VERSION.lines().any(|l| l == line), "{LONG_VERSION}");
+        assert!(LONG_VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn log_format_flag() {
+        let cli = Cli::parse_from(["runtimeuse", "--log-format", "json"]);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(Cli::parse_from(["runtimeuse"]).log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["runtimeuse", "--log-format", "xml"]).is_err());
     }
 
     #[test]

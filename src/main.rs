@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use runtimeuse::cli::Cli;
+use runtimeuse::logging::StartupSummary;
 use runtimeuse::server::Server;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     if let Some(code) = runtimeuse::init::reap_if_pid1() {
@@ -23,8 +23,9 @@ fn main() -> ExitCode {
         runtimeuse::echo::run();
         return ExitCode::SUCCESS;
     }
-    let config = Cli::parse().into_config();
-    init_logging();
+    let cli = Cli::parse();
+    runtimeuse::logging::init(cli.log_format);
+    let config = cli.into_config();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -46,6 +47,7 @@ async fn run(config: runtimeuse::Config) -> anyhow::Result<()> {
     // sees the port must already mean a graceful shutdown.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let summary = StartupSummary::of(&config);
     let server = Server::bind(config).await?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
@@ -56,16 +58,6 @@ async fn run(config: runtimeuse::Config) -> anyhow::Result<()> {
         tracing::info!("shutting down: no new connections, cancelling running requests");
         shutdown.cancel();
     });
-    tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
+    summary.log(server.local_addr()?);
     server.run().await
-}
-
-fn init_logging() {
-    let filter =
-        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(runtimeuse::logging::RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
