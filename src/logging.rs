@@ -27,7 +27,7 @@ use crate::redact::Redactor;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines (ANSI colours on a terminal).
     #[default]
     Text,
@@ -37,7 +37,7 @@ pub enum LogFormat {
 
 /// Installs the process-wide log: `RUNTIMEUSE_LOG` filter (default
 /// `info`), the chosen format, redacted stderr. Called once, by the binary.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -59,7 +59,7 @@ pub fn init(format: LogFormat) {
 /// What the start-up line reports about a configuration, taken before the
 /// server consumes it.
 #[derive(Debug, Clone)]
-pub struct StartupSummary {
+pub(crate) struct StartupSummary {
     agent: AgentSource,
     tls: bool,
     token: bool,
@@ -67,7 +67,7 @@ pub struct StartupSummary {
 
 impl StartupSummary {
     /// The summary of `config`.
-    pub fn of(config: &Config) -> Self {
+    pub(crate) fn of(config: &Config) -> Self {
         Self {
             agent: config.agent.clone(),
             tls: config.tls.is_some(),
@@ -77,7 +77,7 @@ impl StartupSummary {
 
     /// Logs the one start-up line an operator looks for: version, agent or
     /// handler, the address actually bound, TLS and token on or off.
-    pub fn log(&self, addr: SocketAddr) {
+    pub(crate) fn log(&self, addr: SocketAddr) {
         let (agent, handler) = match &self.agent {
             AgentSource::Bundled(name) => (Some(name.as_str()), None),
             AgentSource::Path(path) => (None, Some(path.display())),
@@ -105,7 +105,7 @@ fn on_off(on: bool) -> &'static str {
 /// Python's `logging` and most loggers write them. Stderr is mostly noise
 /// (progress bars, library chatter); a handler that wants a line seen marks
 /// it, or sends a `log` message.
-pub fn stderr_line_level(line: &str) -> Level {
+pub(crate) fn stderr_line_level(line: &str) -> Level {
     let word = line.trim_start();
     let word = word.strip_prefix('[').unwrap_or(word);
     let end = word
@@ -126,7 +126,7 @@ pub fn stderr_line_level(line: &str) -> Level {
 
 /// Logs one line of a handler's stderr (already redacted) at the level
 /// [`stderr_line_level`] gives it.
-pub fn handler_stderr(pid: u32, line: &str) {
+pub(crate) fn handler_stderr(pid: u32, line: &str) {
     match stderr_line_level(line) {
         Level::ERROR => tracing::error!(target: "handler", pid, stream = "stderr", "{line}"),
         Level::WARN => tracing::warn!(target: "handler", pid, stream = "stderr", "{line}"),
@@ -148,7 +148,7 @@ static LOG_SECRETS: LazyLock<RwLock<Redactor>> = LazyLock::new(Default::default)
 /// appears escaped inside a JSON line or a `Debug`-quoted field (a `"` or
 /// `\` in a secret is written `\"` / `\\` there, so the plain value would
 /// not match).
-pub fn remember_secrets(secrets: &[String]) {
+pub(crate) fn remember_secrets(secrets: &[String]) {
     let mut guard = LOG_SECRETS.write().unwrap_or_else(|e| e.into_inner());
     let known = guard.secrets();
     let fresh: BTreeSet<String> = secrets
@@ -178,7 +178,7 @@ fn log_redactor() -> Redactor {
 
 /// A `tracing_subscriber` writer: stderr, one redacted line at a time.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RedactingStderr;
+pub(crate) struct RedactingStderr;
 
 impl<'a> MakeWriter<'a> for RedactingStderr {
     type Writer = LineWriter;
@@ -190,7 +190,7 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 
 /// Collects one formatted event and writes it, redacted, when dropped.
 #[derive(Debug)]
-pub struct LineWriter {
+pub(crate) struct LineWriter {
     buf: Vec<u8>,
 }
 
