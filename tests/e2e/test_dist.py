@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Runtime, process_group_members, qopts, run, wait_until
-from http_fixtures import ArtifactSink, http_server  # noqa: F401 (fixture)
+from helpers import Runtime, process_group_members, qopts, run, wait_until
+from http_fixtures import ArtifactSink
 from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, RuntimeUseClient
 
 DIST = os.environ.get("RUNTIMEUSE_DIST_DIR")
@@ -59,7 +59,7 @@ def wheel_venv(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture
-def sink(http_server):  # noqa: F811 (the fixture imported above)
+def sink(http_server):
     return ArtifactSink(http_server)
 
 
