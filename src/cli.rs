@@ -310,9 +310,14 @@ mod tests {
     /// its flag agrees).
     #[test]
     fn flag_defaults_are_config_defaults() {
-        let set: Vec<String> = std::env::vars()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with("RUNTIMEUSE_") && name != "RUNTIMEUSE_LOG")
+        // Only the flags' own variables matter (the test scripts set others,
+        // such as RUNTIMEUSE_BIN).
+        let command = <Cli as clap::CommandFactory>::command();
+        let set: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .filter(|name| std::env::var_os(name).is_some())
+            .map(|name| name.to_string_lossy().into_owned())
             .collect();
         assert!(set.is_empty(), "unset {set:?} to compare the defaults");
         assert_eq!(
