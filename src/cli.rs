@@ -33,8 +33,11 @@ pub fn main() -> ExitCode {
         crate::agents::echo::run();
         return ExitCode::SUCCESS;
     }
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("check-handler")) {
+        return crate::check_handler::main(std::env::args_os().skip(2));
+    }
     let cli = Cli::parse();
-    crate::logging::init(cli.log_format);
+    crate::logging::init(cli.log_format, "info");
     let config = cli.into_config();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -146,7 +149,9 @@ struct Cli {
 
     /// Shared secret clients must present (ws://:TOKEN@host, ?token=TOKEN,
     /// or Authorization: Bearer TOKEN).
-    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true)]
+    // A token may start with '-' (one from secrets.token_urlsafe does, one
+    // time in 64): it is a value, not a flag.
+    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true, allow_hyphen_values = true)]
     auth_token: Option<String>,
 
     /// PEM certificate chain: serve wss:// (needs --tls-key).
@@ -198,6 +203,7 @@ Examples:
   runtimeuse --agent echo              # no model, no key: test your client integration
   OPENAI_API_KEY=... runtimeuse        # the OpenAI handler (default) on port 8080
   runtimeuse --handler ./my_agent.py   # your own handler, any language
+  runtimeuse check-handler ./my_agent.py   # check a handler against the protocol (see --help)
 
 Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level,
 --log-format json for one JSON object per line.";
@@ -236,7 +242,7 @@ impl Cli {
 }
 
 /// Parses `15s`, `500ms`, `2m` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => text.split_at(i),
@@ -295,6 +301,17 @@ mod tests {
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(Cli::parse_from(["runtimeuse"]).log_format, LogFormat::Text);
         assert!(Cli::try_parse_from(["runtimeuse", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn a_token_may_start_with_a_hyphen() {
+        let cli = Cli::parse_from(["runtimeuse", "--auth-token", "-7mGJauvS2", "--port", "9"]);
+        let config = cli.into_config();
+        assert_eq!(
+            config.auth_token.as_ref().map(|t| t.expose()),
+            Some("-7mGJauvS2")
+        );
+        assert_eq!(config.listen.port(), 9);
     }
 
     #[test]

@@ -35,11 +35,12 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Installs the process-wide log: `RUNTIMEUSE_LOG` filter (default
-/// `info`), the chosen format, redacted stderr. Called once, by the binary.
-pub(crate) fn init(format: LogFormat) {
+/// Installs the process-wide log: `RUNTIMEUSE_LOG` filter (else
+/// `default_level`), the chosen format, redacted stderr. Called once, by
+/// the binary (the server, or `check-handler`).
+pub(crate) fn init(format: LogFormat, default_level: &str) {
     let filter =
-        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(RedactingStderr);
