@@ -24,7 +24,6 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-from http_fixtures import ArtifactSink, HttpFixture
 from runtimeuse_client import (
     CommandInterface,
     ExecuteCommandsOptions,
@@ -32,6 +31,8 @@ from runtimeuse_client import (
     RuntimeEnvironmentDownloadableInterface,
     RuntimeUseClient,
 )
+
+from http_fixtures import ArtifactSink, HttpFixture
 
 MOUNTS = (("proc", ["-t", "proc", "proc"]), ("dev", ["--bind", "/dev"]))
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, RuntimeUseClient
+
 from helpers import Runtime, process_group_members, qopts, run, wait_until
 from http_fixtures import ArtifactSink
-from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, RuntimeUseClient
 
 DIST = os.environ.get("RUNTIMEUSE_DIST_DIR")
 pytestmark = pytest.mark.skipif(not DIST, reason="RUNTIMEUSE_DIST_DIR not set (run scripts/build-release)")

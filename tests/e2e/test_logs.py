@@ -9,8 +9,9 @@ import re
 import subprocess
 
 import pytest
-from helpers import BIN, ROOT, qopts, run, wait_until
 from runtimeuse_client import AgentRuntimeError, RuntimeUseClient
+
+from helpers import BIN, ROOT, qopts, run, wait_until
 
 SECRET = "op-secret-7f3a9c2e"
 
