@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 use crate::config::{AgentSource, Config, TlsFiles};
+use crate::logging::{LogFormat, StartupSummary};
 use crate::server::Server;
 
 /// The binary's entry point: the PID 1 reaper, the hidden subcommands, or
@@ -36,8 +36,9 @@ pub fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("check-handler")) {
         return crate::check_handler::main(std::env::args_os().skip(2));
     }
-    let config = Cli::parse().into_config();
-    init_logging("info");
+    let cli = Cli::parse();
+    crate::logging::init(cli.log_format, "info");
+    let config = cli.into_config();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -60,6 +61,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // sees the port must already mean a graceful shutdown.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let summary = StartupSummary::of(&config);
     let server = Server::bind(config).await?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
@@ -70,19 +72,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down: no new connections, cancelling running requests");
         shutdown.cancel();
     });
-    tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
+    summary.log(server.local_addr()?);
     server.run().await
-}
-
-/// Logs to stderr, redacted, at `RUNTIMEUSE_LOG` or else `default`.
-pub(crate) fn init_logging(default: &str) {
-    let filter =
-        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::logging::RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// runtimeuse: the agent runtime that runs inside a sandbox.
@@ -90,7 +81,7 @@ pub(crate) fn init_logging(default: &str) {
 /// Listens for a runtimeuse client over WebSocket, runs its commands and
 /// agent invocations, streams output back and redacts secrets.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(version, long_version = LONG_VERSION, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
     /// Bundled agent handler: echo (no model, for testing), openai, claude.
     #[arg(
@@ -192,7 +183,20 @@ struct Cli {
     /// Extra root certificate(s) (PEM) trusted for downloads and uploads.
     #[arg(long, env = "RUNTIMEUSE_CA_CERT", value_name = "PEM")]
     ca_cert: Option<PathBuf>,
+
+    /// Log line format: text, or json (one object per line, for log shippers).
+    #[arg(long, env = "RUNTIMEUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
+
+/// `--version`: the runtime's version, and the protocols it speaks with the
+/// client version its end-to-end tests run against (tests check both
+/// against `protocol/`, the handler host and `tests/requirements.txt`).
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nwire protocol: v1 (tested with runtimeuse-client 0.15.1)",
+    "\nhandler protocol: v1"
+);
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -201,7 +205,8 @@ Examples:
   runtimeuse --handler ./my_agent.py   # your own handler, any language
   runtimeuse check-handler ./my_agent.py   # check a handler against the protocol (see --help)
 
-Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level.";
+Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level,
+--log-format json for one JSON object per line.";
 
 impl Cli {
     /// The configuration these flags describe.
@@ -284,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn long_version_names_the_handler_protocol_in_force() {
+        let line = format!("handler protocol: v{}", crate::handler::PROTOCOL_VERSION);
+        assert!(LONG_VERSION.lines().any(|l| l == line), "{LONG_VERSION}");
+        assert!(LONG_VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn log_format_flag() {
+        let cli = Cli::parse_from(["runtimeuse", "--log-format", "json"]);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(Cli::parse_from(["runtimeuse"]).log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["runtimeuse", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
     fn a_token_may_start_with_a_hyphen() {
         let cli = Cli::parse_from(["runtimeuse", "--auth-token", "-7mGJauvS2", "--port", "9"]);
         let config = cli.into_config();
@@ -307,9 +327,14 @@ mod tests {
     /// its flag agrees).
     #[test]
     fn flag_defaults_are_config_defaults() {
-        let set: Vec<String> = std::env::vars()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with("RUNTIMEUSE_") && name != "RUNTIMEUSE_LOG")
+        // Only the flags' own variables matter (the test scripts set others,
+        // such as RUNTIMEUSE_BIN).
+        let command = <Cli as clap::CommandFactory>::command();
+        let set: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .filter(|name| std::env::var_os(name).is_some())
+            .map(|name| name.to_string_lossy().into_owned())
             .collect();
         assert!(set.is_empty(), "unset {set:?} to compare the defaults");
         assert_eq!(

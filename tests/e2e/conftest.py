@@ -22,7 +22,7 @@ def start_runtime(tmp_path):
     started = []
     attempts = itertools.count()
 
-    def start(*args, env=None, scheme="ws", preexec_fn=None):
+    def start(*args, env=None, scheme="ws", preexec_fn=None, command=None):
         # Numbered by attempt, not by success: a runtime that fails to start
         # (tests of startup errors) must not make the next one collide.
         n = next(attempts)
@@ -36,6 +36,7 @@ def start_runtime(tmp_path):
             scheme=scheme,
             cwd=workdir,
             preexec_fn=preexec_fn,
+            command=command,
         )
         started.append(rt)
         return rt
