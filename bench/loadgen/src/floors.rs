@@ -17,7 +17,12 @@ unsafe extern "C" {
 /// `posix_spawn` of `/bin/sh -c script` (stdout to `stdout_fd` if given),
 /// then `waitpid`: the least a command round trip can cost.
 fn spawn_and_wait(script: &CStr, stdout_fd: Option<i32>) -> Result<(), String> {
-    let argv = [c"sh".as_ptr(), c"-c".as_ptr(), script.as_ptr(), std::ptr::null()];
+    let argv = [
+        c"sh".as_ptr(),
+        c"-c".as_ptr(),
+        script.as_ptr(),
+        std::ptr::null(),
+    ];
     let mut pid: libc::pid_t = 0;
     // SAFETY: the file actions are initialised before use and destroyed
     // after; argv is NULL-terminated and outlives the call; environ is the

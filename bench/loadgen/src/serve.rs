@@ -104,7 +104,9 @@ async fn respond(
                 "put_requests": received.requests.load(Ordering::Relaxed),
                 "put_bytes": received.bytes.load(Ordering::Relaxed),
             });
-            Ok(Response::new(Full::new(Bytes::from(stats.to_string())).boxed()))
+            Ok(Response::new(
+                Full::new(Bytes::from(stats.to_string())).boxed(),
+            ))
         }
         (&Method::GET, _) => Ok(blob(blob_bytes)),
         (&Method::PUT, _) => {

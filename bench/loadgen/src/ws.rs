@@ -146,7 +146,9 @@ async fn exchange(
     text: &str,
     mut on_frame: impl FnMut(&str, &str) -> Option<String>,
 ) -> Result<String, String> {
-    ws.send(Message::text(text)).await.map_err(|e| e.to_string())?;
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| e.to_string())?;
     let read = async {
         loop {
             let frame = match ws.next().await {
@@ -276,8 +278,10 @@ pub fn bigout(args: &Args) -> Result<Value, String> {
         check_terminal(&terminal, "command_execution_result_message")?;
         let exit_code = exit_code(&terminal);
         close(ws).await;
-        Ok(json!({"seconds": seconds, "frames": frames, "frame_bytes": frame_bytes,
-                  "exit_code": exit_code}))
+        Ok(
+            json!({"seconds": seconds, "frames": frames, "frame_bytes": frame_bytes,
+                  "exit_code": exit_code}),
+        )
     })
 }
 
