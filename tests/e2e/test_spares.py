@@ -5,12 +5,12 @@ real client; the handler notes every start of itself in a file, so the tests
 see which process answered and when it began."""
 import json
 import os
+import pathlib
 import signal
 import time
 
-from runtimeuse_client import AgentRuntimeError, RuntimeUseClient
-
 from conftest import qopts, run, unique, wait_until
+from runtimeuse_client import AgentRuntimeError, RuntimeUseClient
 
 # Notes "<pid> <start time>" when it starts, then answers PID with its pid and
 # ENV with what it can see of the invocation's agent_env.
@@ -87,7 +87,7 @@ def test_a_spare_sees_no_session_data_until_its_invocation(start_runtime, tmp_pa
     rt = start_runtime("--handler", str(path), env={"RUNTIMEUSE_AUTH_TOKEN": token})
     assert wait_until(lambda: started(starts))
     (spare, _), = started(starts)
-    environ = open(f"/proc/{spare}/environ", "rb").read()
+    environ = pathlib.Path(f"/proc/{spare}/environ").read_bytes()
     assert token.encode() not in environ, "the spare can read the runtime's token"
     secret = "sk-" + unique()
     url = f"ws://:{token}@127.0.0.1:{rt.port}"
