@@ -146,11 +146,12 @@ where
         // The client left mid-drain: nobody will answer announcements.
         drain.abort();
     }
-    // The connection is closed first and torn down after: the one-shot
-    // client waits for the close handshake before `query()` returns, and
-    // must not wait for the handler to exit. Background tasks (artifact
-    // uploads finishing) may still hold outbox clones; the writer sends
-    // what is queued and closes regardless.
+    // The connection is closed first and the session torn down after: the
+    // one-shot client waits for the close handshake and then for the TCP
+    // connection to end before `query()` returns, and must not wait for the
+    // handler to exit. Background tasks (artifact uploads finishing) may
+    // still hold outbox clones; the writer sends what is queued and closes
+    // regardless.
     writer_stop.cancel();
     let mut writer = writer;
     if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, &mut writer)
@@ -160,6 +161,8 @@ where
         tracing::warn!("client is not reading; closing without flushing");
         writer.abort();
     }
+    // With the writer's half gone, this drops the socket.
+    drop(stream);
     session.close().await;
 }
 

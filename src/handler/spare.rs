@@ -7,6 +7,17 @@
 //! idle; a session's first invocation takes one, and the keeper task starts
 //! its replacement in the background.
 //!
+//! - The replacement starts [`REFILL_DELAY`] after a spare is taken, and off
+//!   the async workers: an interpreter's start-up is tens of milliseconds of
+//!   CPU, which would otherwise compete with the very query that took the
+//!   spare (measured: a one-shot query with a trivial handler is answered
+//!   in about a millisecond, and was several times slower while its
+//!   replacement started).
+//! - A new spare is sent one `cancel` for an invocation that does not exist
+//!   (the protocol says to ignore it): reading and parsing that line warms
+//!   the handler's input path, which a fresh interpreter runs slowly the
+//!   first time (measured: a trivial Node handler's first `invoke` took
+//!   4.9 ms cold, 1.1 ms after it).
 //! - A spare has seen nothing of any session: it starts with the runtime's
 //!   environment, and a session's data (env, secrets, prompts) reaches it
 //!   only with `invoke`, after it was taken.
@@ -32,8 +43,13 @@ use tokio_util::sync::CancellationToken;
 use crate::redact::Redactor;
 
 use super::pipes::MAX_LINE_BYTES;
-use super::{HandlerCommand, HandlerProcess};
+use super::protocol::cancel_line;
+use super::{HandlerCommand, HandlerError, HandlerProcess};
 
+/// The id of the warm-up `cancel`; no invocation ever has it.
+const WARM_UP_ID: &str = "spare-warm-up";
+/// How long after a take the replacement starts.
+pub(crate) const REFILL_DELAY: Duration = Duration::from_millis(50);
 /// Backoff after the second early exit in a row; doubles with each one after.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two starts of a handler that keeps exiting.
@@ -159,12 +175,17 @@ async fn keep(shared: Arc<Shared>, kill_grace: Duration) {
             break;
         }
         if lock(&shared.idle).len() < shared.target {
-            start_one(&shared);
+            start_one(&shared).await;
             continue;
         }
         let exits = exit_watches(&shared);
         tokio::select! {
-            () = shared.taken.notified() => {}
+            () = shared.taken.notified() => {
+                tokio::select! {
+                    () = tokio::time::sleep(REFILL_DELAY) => {}
+                    () = shared.stop.cancelled() => break,
+                }
+            }
             () = shared.stop.cancelled() => break,
             pid = first_exit(exits) => reap(&shared, pid, kill_grace).await,
         }
@@ -175,9 +196,20 @@ async fn keep(shared: Arc<Shared>, kill_grace: Duration) {
     }
 }
 
-fn start_one(shared: &Shared) {
-    match HandlerProcess::spawn(shared.command.clone(), MAX_LINE_BYTES, Redactor::default()) {
-        Ok(process) => {
+/// Starts one spare. `spawn` blocks until the child has exec'd (a
+/// millisecond or more for a big binary), so it runs on the blocking pool,
+/// not on a worker that sessions are waiting for.
+async fn start_one(shared: &Shared) {
+    let command = shared.command.clone();
+    let spawned = tokio::task::spawn_blocking(move || {
+        HandlerProcess::spawn(command, MAX_LINE_BYTES, Redactor::default())
+    })
+    .await
+    .unwrap_or_else(|e| Err(HandlerError::Failed(format!("the spawning task failed: {e}"))));
+    match spawned {
+        Ok(mut process) => {
+            // A spare that died already is noticed by its exit watch.
+            let _ = process.write(&cancel_line(WARM_UP_ID)).await;
             tracing::debug!(target: "handler", pid = process.pid(), "started a spare handler");
             lock(&shared.idle).push(Spare {
                 process,

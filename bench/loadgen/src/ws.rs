@@ -205,26 +205,27 @@ pub fn latency(args: &Args) -> Result<Value, String> {
 
 /// What `client.query()` does: a new connection per request. Each sample
 /// is connect + request to its terminal; the close handshake that follows
-/// is timed separately (the real client waits for it before returning).
+/// is timed separately (the real client waits for it before returning), and
+/// so is the connection's part (TCP and WebSocket handshakes).
 pub fn oneshot(args: &Args) -> Result<Value, String> {
     let url: String = args.get("url")?;
     let n: usize = args.get("n")?;
     let gap = Duration::from_millis(args.get_or("gap_ms", 0)?);
     let request = Request::from_args(args)?;
     runtime()?.block_on(async {
-        let mut samples = Vec::with_capacity(n);
-        let mut closes = Vec::with_capacity(n);
+        let (mut samples, mut connects, mut closes) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
             tokio::time::sleep(gap).await;
             let t = Instant::now();
             let mut ws = connect(&url).await?;
+            connects.push(micros(t));
             request.run(&mut ws).await?;
             samples.push(micros(t));
             let t = Instant::now();
             close(ws).await;
             closes.push(micros(t));
         }
-        Ok(json!({"samples_us": samples, "close_us": closes}))
+        Ok(json!({"samples_us": samples, "connect_us": connects, "close_us": closes}))
     })
 }
 
