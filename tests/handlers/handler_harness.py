@@ -66,7 +66,7 @@ class HandlerProcess:
         try:
             message = self.messages.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError("no message within %s s; stderr:\n%s" % (timeout, self.stderr))
+            raise AssertionError("no message within %s s; stderr:\n%s" % (timeout, self.stderr)) from None
         if message is None:
             raise AssertionError("handler closed stdout; stderr:\n%s" % self.stderr)
         return message
