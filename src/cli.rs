@@ -124,7 +124,12 @@ struct Cli {
 
     /// Handler processes kept started and idle, so a connection's first
     /// invocation finds one ready (0: start the handler on demand).
-    #[arg(long, env = "RUNTIMEUSE_SPARE_HANDLERS", value_name = "N", default_value_t = 1)]
+    #[arg(
+        long,
+        env = "RUNTIMEUSE_SPARE_HANDLERS",
+        value_name = "N",
+        default_value_t = 1
+    )]
     spare_handlers: usize,
 
     /// Bytes of each command's stdout kept from its start in the terminal result.

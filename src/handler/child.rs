@@ -231,7 +231,11 @@ impl HandlerProcess {
             Ended::Unknown => "stopped before sending a result".to_owned(),
         };
         let text = format!("agent handler {} {how}", self.command.display);
-        HandlerError::Failed(redactor.redact_str(&self.with_stderr_tail(text)).into_owned())
+        HandlerError::Failed(
+            redactor
+                .redact_str(&self.with_stderr_tail(text))
+                .into_owned(),
+        )
     }
 
     /// Ends a process that stopped answering while nobody was using it (a

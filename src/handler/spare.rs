@@ -205,7 +205,11 @@ async fn start_one(shared: &Shared) {
         HandlerProcess::spawn(command, MAX_LINE_BYTES, Redactor::default())
     })
     .await
-    .unwrap_or_else(|e| Err(HandlerError::Failed(format!("the spawning task failed: {e}"))));
+    .unwrap_or_else(|e| {
+        Err(HandlerError::Failed(format!(
+            "the spawning task failed: {e}"
+        )))
+    });
     match spawned {
         Ok(mut process) => {
             // A spare that died already is noticed by its exit watch.

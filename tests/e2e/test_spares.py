@@ -9,7 +9,7 @@ import pathlib
 import signal
 import time
 
-from conftest import qopts, run, unique, wait_until
+from helpers import qopts, run, unique, wait_until
 from runtimeuse_client import AgentRuntimeError, RuntimeUseClient
 
 # Notes "<pid> <start time>" when it starts, then answers PID with its pid and

@@ -115,7 +115,10 @@ async fn the_first_invocation_takes_the_spare_and_a_replacement_starts() {
     let mut host = HandlerHost::new(setup.pool.clone());
     assert_eq!(invoke_pid(&mut host).await, spare, "the spare answered");
     let replacement = idle_spare(&setup.pool, Some(spare)).await;
-    assert!(process::group_alive(spare), "the taken spare serves its session");
+    assert!(
+        process::group_alive(spare),
+        "the taken spare serves its session"
+    );
     assert_eq!(setup.starts(), [spare, replacement]);
     host.shutdown(GRACE).await;
     setup.pool.shutdown().await;
@@ -129,7 +132,11 @@ async fn a_spare_that_dies_while_idle_is_replaced() {
     let spare = idle_spare(&setup.pool, None).await;
     kill(Pid::from_raw(spare as i32), Signal::SIGKILL).unwrap();
     let replacement = idle_spare(&setup.pool, Some(spare)).await;
-    assert_eq!(setup.pool.idle_pids(), [replacement], "the dead one is gone");
+    assert_eq!(
+        setup.pool.idle_pids(),
+        [replacement],
+        "the dead one is gone"
+    );
     let mut host = HandlerHost::new(setup.pool.clone());
     assert_eq!(invoke_pid(&mut host).await, replacement);
     host.shutdown(GRACE).await;
@@ -145,7 +152,10 @@ async fn shutdown_ends_every_idle_spare() {
     assert!(setup.pool.idle_pids().is_empty());
     assert!(!process::group_alive(first), "{first} survived shutdown");
     assert!(!process::group_alive(second), "{second} survived shutdown");
-    assert!(setup.pool.take().is_none(), "nothing is started after shutdown");
+    assert!(
+        setup.pool.take().is_none(),
+        "nothing is started after shutdown"
+    );
 }
 
 #[tokio::test]
