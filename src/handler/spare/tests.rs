@@ -165,10 +165,12 @@ async fn a_crash_looping_handler_is_reported_once_and_retried_with_backoff() {
         (setup.starts().len() > CRASH_LOOP_AFTER as usize).then_some(())
     })
     .await;
-    let health = lock(&setup.pool.shared.health);
-    assert!(health.reported, "reported");
-    assert!(health.early_exits >= CRASH_LOOP_AFTER, "{health:?}");
-    drop(health);
+    let (reported, early_exits) = {
+        let health = lock(&setup.pool.shared.health);
+        (health.reported, health.early_exits)
+    };
+    assert!(reported, "reported");
+    assert!(early_exits >= CRASH_LOOP_AFTER, "{early_exits} early exits");
     // Not spinning: the waits double (400 ms, 800 ms, ...), so a second
     // sees at most two more starts; a loop without backoff would see
     // hundreds.
