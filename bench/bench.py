@@ -47,6 +47,8 @@ MIB = 1 << 20
 # Issue 12's budgets. `ratio_max`/`ratio_min` bound value/floor, `max`
 # bounds the value itself (in the figure's unit).
 WARM_INVOKE_ABS_MS = 0.16
+# How long after a spare is taken the runtime starts its replacement.
+REFILL_DELAY_MS = 50
 
 
 def free_port():
@@ -275,29 +277,37 @@ def command_true():
 
 def oneshot():
     """What client.query() does: a new connection per query. Floor: a new
-    connection plus one round trip to the echo server. The gap between
-    queries leaves time to start the next spare: it is 1.5x the handler's
-    cold one-shot time (measured first, with --spare-handlers 0)."""
+    connection plus one round trip to the echo server. Each query starts
+    once the runtime and its children have used no CPU for 30 ms (and at
+    least 80 ms after the last one: the runtime starts a replacement spare
+    50 ms after a take), i.e. with the spare ready; `ready_median_ms` is how
+    long that took after the previous query, the pace at which one-shot
+    queries keep finding a spare. The lazy figure (--spare-handlers 0) is
+    what the spare saves."""
     n = 10
+    paced = {"gap_ms": REFILL_DELAY_MS + 30, "quiet_ms": 30}
     for name, agent in HANDLER_KINDS.items():
-        with runtime(agent, spares=0) as (_, url):
-            lazy = loadgen("oneshot", url=url, kind="invoke", n=5, gap_ms=50)
-        lazy_ms = ms(median(lazy["samples_us"]))
-        gap_ms = int(max(50, 1.5 * lazy_ms + 20))
-        with echo_server() as (_, floor_url), runtime(agent, spares=1) as (_, url):
+        with runtime(agent, spares=0) as (proc, url):
+            lazy = loadgen("oneshot", url=url, kind="invoke", n=5, quiet_pid=proc.pid, **paced)
+        with echo_server() as (echo, floor_url), runtime(agent, spares=1) as (proc, url):
             floors, figures = alternate(
                 ROUNDS,
-                partial(loadgen, "oneshot", url=floor_url, kind="echo", n=n, gap_ms=gap_ms),
-                partial(loadgen, "oneshot", url=url, kind="invoke", n=n, gap_ms=gap_ms))
+                partial(loadgen, "oneshot", url=floor_url, kind="echo", n=n, quiet_pid=echo.pid,
+                        **paced),
+                partial(loadgen, "oneshot", url=url, kind="invoke", n=n, quiet_pid=proc.pid,
+                        **paced))
         floor, value = pooled(floors), pooled(figures)
         emit(f"oneshot_{name}_median", ms(median(value)), "ms", ms(median(floor)),
              "new WebSocket connection + one round trip (minimal echo server)",
              ("ratio_max", 2, "<= 2x floor"),
              p95_ms=ms(p95(value)), floor_p95_ms=ms(p95(floor)),
+             connect_median_ms=ms(median(pooled(figures, "connect_us"))),
+             floor_connect_median_ms=ms(median(pooled(floors, "connect_us"))),
              close_median_ms=ms(median(pooled(figures, "close_us"))),
              floor_close_median_ms=ms(median(pooled(floors, "close_us"))),
-             lazy_median_ms=lazy_ms, gap_ms=gap_ms, spare_handlers=1 if SPARES else 0,
-             client_cpu_share=cpu_share(*figures))
+             ready_median_ms=ms(median(pooled(figures, "ready_us"))),
+             lazy_median_ms=ms(median(lazy["samples_us"])),
+             spare_handlers=1 if SPARES else 0, client_cpu_share=cpu_share(*figures))
 
 
 def concurrent():

@@ -107,6 +107,50 @@ fn rss_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `pid` and every process below it.
+fn tree_of(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        tree.extend(children_of(tree[next]));
+        next += 1;
+    }
+    tree
+}
+
+/// Nanoseconds of CPU a process's threads have run, from `schedstat`.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until `pid` and its descendants have used no CPU for `window`
+/// (a spare handler has finished starting, a session's teardown is over),
+/// at most `limit`. Returns whether they went quiet.
+pub fn wait_quiet(pid: u32, window: Duration, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let total = || tree_of(pid).into_iter().map(cpu_ns).sum::<u64>();
+    let mut last = total();
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        let now = total();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= window {
+            return true;
+        }
+    }
+    false
+}
+
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();

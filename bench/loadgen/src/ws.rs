@@ -15,11 +15,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 use crate::args::Args;
+use crate::procs;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long one request may take before the figure is abandoned.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for a server to go quiet between one-shot queries.
+const QUIET_LIMIT: Duration = Duration::from_secs(20);
 /// How long a close handshake may take before the client stops waiting.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -207,15 +210,30 @@ pub fn latency(args: &Args) -> Result<Value, String> {
 /// is connect + request to its terminal; the close handshake that follows
 /// is timed separately (the real client waits for it before returning), and
 /// so is the connection's part (TCP and WebSocket handshakes).
+///
+/// Between queries: at least `gap_ms`, then, with `quiet_pid=`, until that
+/// server and its children have used no CPU for `quiet_ms` (its spare
+/// handler is started and idle); `ready_us` is how long that took from
+/// the previous close.
 pub fn oneshot(args: &Args) -> Result<Value, String> {
     let url: String = args.get("url")?;
     let n: usize = args.get("n")?;
     let gap = Duration::from_millis(args.get_or("gap_ms", 0)?);
+    let quiet_pid: u32 = args.get_or("quiet_pid", 0)?;
+    let quiet = Duration::from_millis(args.get_or("quiet_ms", 30)?);
     let request = Request::from_args(args)?;
     runtime()?.block_on(async {
         let (mut samples, mut connects, mut closes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ready = Vec::new();
         for _ in 0..n {
+            let t = Instant::now();
             tokio::time::sleep(gap).await;
+            if quiet_pid != 0 && !procs::wait_quiet(quiet_pid, quiet, QUIET_LIMIT) {
+                return Err(format!(
+                    "{quiet_pid} did not go quiet within {QUIET_LIMIT:?}"
+                ));
+            }
+            ready.push(micros(t));
             let t = Instant::now();
             let mut ws = connect(&url).await?;
             connects.push(micros(t));
@@ -225,7 +243,10 @@ pub fn oneshot(args: &Args) -> Result<Value, String> {
             close(ws).await;
             closes.push(micros(t));
         }
-        Ok(json!({"samples_us": samples, "connect_us": connects, "close_us": closes}))
+        Ok(
+            json!({"samples_us": samples, "connect_us": connects, "close_us": closes,
+                  "ready_us": ready}),
+        )
     })
 }
 
