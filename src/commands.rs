@@ -250,7 +250,9 @@ fn shell_command(
         // Last resort if this future is dropped mid-run: the leader is
         // killed and reaped by tokio; `GroupGuard` takes care of the rest.
         .kill_on_drop(true);
-    process::without_runtime_credentials(&mut shell);
+    if process::would_inherit_credentials(&shell) {
+        process::without_runtime_credentials(&mut shell);
+    }
     if let Some(cwd) = cwd {
         shell.current_dir(cwd);
     }

@@ -23,18 +23,19 @@ pub(crate) fn new_group(command: &mut tokio::process::Command) -> &mut tokio::pr
 }
 
 /// Removes the runtime's own credential from a child's environment.
-///
-/// Only when there is one to remove: a removal marks the environment
-/// changed, and a changed environment is copied whole at every spawn.
 pub(crate) fn without_runtime_credentials(
     command: &mut tokio::process::Command,
 ) -> &mut tokio::process::Command {
+    command.env_remove(crate::config::AUTH_TOKEN_ENV)
+}
+
+/// Whether a child started by `command` would get the runtime's credential
+/// (the runtime has one, or the command sets it). Checked before removing
+/// it from frequent spawns: a removal marks the environment changed, and a
+/// changed environment is copied whole at every spawn.
+pub(crate) fn would_inherit_credentials(command: &tokio::process::Command) -> bool {
     let token = crate::config::AUTH_TOKEN_ENV;
-    let set_here = command.as_std().get_envs().any(|(name, _)| name == token);
-    if set_here || std::env::var_os(token).is_some() {
-        command.env_remove(token);
-    }
-    command
+    std::env::var_os(token).is_some() || command.as_std().get_envs().any(|(name, _)| name == token)
 }
 
 /// Whether any live process is still in the group.

@@ -13,11 +13,6 @@
 //!   spare (measured: a one-shot query with a trivial handler is answered
 //!   in about a millisecond, and was several times slower while its
 //!   replacement started).
-//! - A new spare is sent one `cancel` for an invocation that does not exist
-//!   (the protocol says to ignore it): reading and parsing that line warms
-//!   the handler's input path, which a fresh interpreter runs slowly the
-//!   first time (measured: a trivial Node handler's first `invoke` took
-//!   4.9 ms cold, 1.1 ms after it).
 //! - A spare has seen nothing of any session: it starts with the runtime's
 //!   environment, and a session's data (env, secrets, prompts) reaches it
 //!   only with `invoke`, after it was taken.
@@ -43,11 +38,8 @@ use tokio_util::sync::CancellationToken;
 use crate::redact::Redactor;
 
 use super::pipes::MAX_LINE_BYTES;
-use super::protocol::cancel_line;
 use super::{HandlerCommand, HandlerError, HandlerProcess};
 
-/// The id of the warm-up `cancel`; no invocation ever has it.
-const WARM_UP_ID: &str = "spare-warm-up";
 /// How long after a take the replacement starts.
 pub(crate) const REFILL_DELAY: Duration = Duration::from_millis(50);
 /// Backoff after the second early exit in a row; doubles with each one after.
@@ -211,9 +203,7 @@ async fn start_one(shared: &Shared) {
         )))
     });
     match spawned {
-        Ok(mut process) => {
-            // A spare that died already is noticed by its exit watch.
-            let _ = process.write(&cancel_line(WARM_UP_ID)).await;
+        Ok(process) => {
             tracing::debug!(target: "handler", pid = process.pid(), "started a spare handler");
             lock(&shared.idle).push(Spare {
                 process,
