@@ -30,6 +30,7 @@ pub(crate) fn resolve(name: &str) -> Result<HandlerCommand, HandlerError> {
                 program: exe,
                 args: vec![ECHO_SUBCOMMAND.to_owned()],
                 display: "echo (bundled)".to_owned(),
+                env: Vec::new(),
             })
         }
         "openai" | "claude" => resolve_bundled_script(name),
@@ -59,5 +60,6 @@ fn resolve_bundled_script(name: &str) -> Result<HandlerCommand, HandlerError> {
         program: python,
         args: vec![path.display().to_string()],
         display: format!("{name} (bundled)"),
+        env: Vec::new(),
     })
 }

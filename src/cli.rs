@@ -33,8 +33,11 @@ pub fn main() -> ExitCode {
         crate::agents::echo::run();
         return ExitCode::SUCCESS;
     }
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("check-handler")) {
+        return crate::check_handler::main(std::env::args_os().skip(2));
+    }
     let config = Cli::parse().into_config();
-    init_logging();
+    init_logging("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -71,9 +74,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.run().await
 }
 
-fn init_logging() {
+/// Logs to stderr, redacted, at `RUNTIMEUSE_LOG` or else `default`.
+pub(crate) fn init_logging(default: &str) {
     let filter =
-        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::logging::RedactingStderr)
@@ -164,7 +168,9 @@ struct Cli {
 
     /// Shared secret clients must present (ws://:TOKEN@host, ?token=TOKEN,
     /// or Authorization: Bearer TOKEN).
-    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true)]
+    // A token may start with '-' (one from secrets.token_urlsafe does, one
+    // time in 64): it is a value, not a flag.
+    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true, allow_hyphen_values = true)]
     auth_token: Option<String>,
 
     /// PEM certificate chain: serve wss:// (needs --tls-key).
@@ -203,6 +209,7 @@ Examples:
   runtimeuse --agent echo              # no model, no key: test your client integration
   OPENAI_API_KEY=... runtimeuse        # the OpenAI handler (default) on port 8080
   runtimeuse --handler ./my_agent.py   # your own handler, any language
+  runtimeuse check-handler ./my_agent.py   # check a handler against the protocol (see --help)
 
 Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level.";
 
@@ -241,7 +248,7 @@ impl Cli {
 }
 
 /// Parses `15s`, `500ms`, `2m` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => text.split_at(i),
@@ -284,6 +291,17 @@ mod tests {
         let cli = Cli::parse_from(["runtimeuse", "--handler", "./a.py", "--port", "9"]);
         let config = cli.into_config();
         assert_eq!(config.agent, AgentSource::Path("./a.py".into()));
+        assert_eq!(config.listen.port(), 9);
+    }
+
+    #[test]
+    fn a_token_may_start_with_a_hyphen() {
+        let cli = Cli::parse_from(["runtimeuse", "--auth-token", "-7mGJauvS2", "--port", "9"]);
+        let config = cli.into_config();
+        assert_eq!(
+            config.auth_token.as_ref().map(|t| t.expose()),
+            Some("-7mGJauvS2")
+        );
         assert_eq!(config.listen.port(), 9);
     }
 

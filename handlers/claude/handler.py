@@ -103,7 +103,7 @@ def parse_json_object(text):
             except ValueError:
                 pass
         if value is None:
-            raise Failure("the final answer is not valid JSON: %s" % err)
+            raise Failure("the final answer is not valid JSON: %s" % err) from None
     if not isinstance(value, dict):
         raise Failure("the final answer is JSON but not an object")
     return value
@@ -256,7 +256,7 @@ class Handler(BaseHandler):
                     start_new_session=True,
                 )
             except OSError as err:
-                raise Failure("could not start the claude CLI (%s): %s" % (binary, err))
+                raise Failure("could not start the claude CLI (%s): %s" % (binary, err)) from None
             invocation.proc = proc
         log("invocation %s: started claude (pid %d)" % (invocation.id, proc.pid))
 
@@ -381,7 +381,7 @@ class Handler(BaseHandler):
             try:
                 structured = parse_json_object(text)
             except Failure as failure:
-                raise Failure(str(failure), metadata)
+                raise Failure(str(failure), metadata) from None
         return {"type": "result", "structured_output": structured, "metadata": metadata}
 
     def log_failure(self, invocation, text):

@@ -116,7 +116,7 @@ def run(invocation, env):
     try:
         timeout = float(env.get("OPENAI_TIMEOUT_S") or DEFAULT_TIMEOUT_S)
     except ValueError:
-        raise Failure("OPENAI_TIMEOUT_S is not a number")
+        raise Failure("OPENAI_TIMEOUT_S is not a number") from None
 
     headers = {
         "Authorization": "Bearer " + api_key,
@@ -145,15 +145,15 @@ def run(invocation, env):
         raise Failure(
             "OpenAI API error: HTTP %d: %s" % (err.code, api_error_message(body)),
             dict(meta, status=err.code),
-        )
+        ) from None
     except (socket.timeout, TimeoutError):
-        raise Failure("OpenAI API request timed out after %g s" % timeout, meta)
+        raise Failure("OpenAI API request timed out after %g s" % timeout, meta) from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, (socket.timeout, TimeoutError)):
-            raise Failure("OpenAI API request timed out after %g s" % timeout, meta)
-        raise Failure("OpenAI API request failed: %s" % (err.reason,), meta)
+            raise Failure("OpenAI API request timed out after %g s" % timeout, meta) from None
+        raise Failure("OpenAI API request failed: %s" % (err.reason,), meta) from None
     except (OSError, ValueError) as err:
-        raise Failure("OpenAI API request failed: %s" % (err,), meta)
+        raise Failure("OpenAI API request failed: %s" % (err,), meta) from None
 
     try:
         reply = json.loads(raw.decode("utf-8"))
@@ -163,7 +163,7 @@ def run(invocation, env):
         raise Failure(
             "OpenAI API returned an unexpected response: %s" % raw[:500].decode("utf-8", "replace"),
             meta,
-        )
+        ) from None
 
     metadata = {"model": reply.get("model") or model, "usage": reply.get("usage") or {}}
     if message.get("refusal"):
@@ -179,7 +179,7 @@ def run(invocation, env):
     except ValueError as err:
         finish = choice.get("finish_reason")
         hint = " (finish_reason: %s)" % finish if finish and finish != "stop" else ""
-        raise Failure("the model's reply is not valid JSON%s: %s" % (hint, err), metadata)
+        raise Failure("the model's reply is not valid JSON%s: %s" % (hint, err), metadata) from None
     if not isinstance(structured, dict):
         raise Failure("the model's reply is JSON but not an object", metadata)
     return {"type": "result", "structured_output": structured, "metadata": metadata}

@@ -102,8 +102,8 @@ impl SparePool {
         Self { shared }
     }
 
-    /// A pool that keeps nothing: every session starts its own handler.
-    #[cfg(test)]
+    /// A pool that keeps nothing: every host starts its own handler
+    /// (`check-handler`, which times exactly one start, and tests).
     pub(crate) fn none(command: Arc<HandlerCommand>) -> Self {
         Self::start(command, 0, Duration::ZERO)
     }
