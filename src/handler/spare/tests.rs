@@ -220,6 +220,7 @@ fn a_crash_loop_is_reported_once_until_the_handler_recovers() {
         program: "/bin/false".into(),
         args: Vec::new(),
         display: "false".into(),
+        env: Vec::new(),
     };
     let mut health = Health::default();
     for _ in 0..CRASH_LOOP_AFTER - 1 {
