@@ -48,8 +48,11 @@ def _go_is_installed(request):
 
 def start(start_runtime, name, *args):
     path, _ = HANDLERS[name]
-    # debug: the log says when a handler process starts (warm checks).
-    return start_runtime("--handler", str(path), *args, env={"RUNTIMEUSE_LOG": "debug"})
+    # debug: the log says when a handler process starts (warm checks). No
+    # spare: its replacement would count as a start (test_spares covers them).
+    return start_runtime(
+        "--handler", str(path), "--spare-handlers", "0", *args, env={"RUNTIMEUSE_LOG": "debug"}
+    )
 
 
 def check_handler(*args) -> subprocess.CompletedProcess:

@@ -9,8 +9,9 @@ import pathlib
 import signal
 import time
 
-from helpers import qopts, run, unique, wait_until
 from runtimeuse_client import AgentRuntimeError, RuntimeUseClient
+
+from helpers import qopts, run, unique, wait_until
 
 # Notes "<pid> <start time>" when it starts, then answers PID with its pid and
 # ENV with what it can see of the invocation's agent_env.
