@@ -1,532 +1,363 @@
-//! Agent handlers bundled into the runtime binary.
+//! The bundled Node agents, `--agent openai` and `--agent claude`.
 //!
-//! The `openai` and `claude` handlers are Python scripts (standard library
-//! only) that speak handler protocol v1 on stdin/stdout. They are compiled
-//! into the binary so it stays self-contained, and written out to a cache
-//! directory the first time they are needed:
+//! Their sources (`handlers/openai`, `handlers/claude`), committed
+//! `package-lock.json` files and the Node handler SDK they depend on
+//! (`handlers/sdk/node`, by a relative `file:` path) are embedded in the
+//! binary ([`crate::embedded::AGENT_HANDLERS`]). On first use an agent is
+//! installed into the cache directory: the tree is unpacked and
+//! `npm ci --omit=dev` runs in the agent's directory, with npm's progress on
+//! stderr, before the port opens, so no query ever waits for it. The copy
+//! is published atomically ([`crate::embedded`]), so the next start finds it
+//! and calls neither npm nor the network. `runtimeuse install-agent` does
+//! only this step, for baking agents into an image.
 //!
-//! 1. `$XDG_CACHE_HOME/runtimeuse/<version>/` (if set and absolute),
-//! 2. `$HOME/.cache/runtimeuse/<version>/`,
-//! 3. `<temp dir>/runtimeuse-<uid>/<version>/` (a 0700 directory that must
-//!    be ours: the temp dir is shared with other users).
-//!
-//! A location that cannot be written is skipped for the next one, so a
-//! read-only home still works. Each script is `<name>_handler.py`, mode
-//! 0755 (it has a `python3` shebang). Beside the scripts goes
-//! `runtimeuse_protocol.py` (mode 0644), the protocol plumbing both handlers
-//! import from their own directory; it is written before the script, so a
-//! script is never there without it. Every file is replaced atomically
-//! (temporary file plus rename) only when its content or mode differ, so
-//! concurrent runtimes and already-running handlers never see a half-written
-//! file.
+//! Everything that can be checked at start-up is, with an error saying what
+//! to do: Node missing or too old, npm missing, npm failing (its last lines
+//! quoted), a cache directory that cannot be written. The API key is not:
+//! it may come with each invocation's `agent_env`, so the handlers check it
+//! per invocation.
 
-use std::ffi::OsString;
-use std::fs::{self, DirBuilder, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
 
-/// The OpenAI Chat Completions handler.
-pub const OPENAI_HANDLER: &str = include_str!("../handlers/openai/handler.py");
-/// The Claude Code (`claude` CLI) handler.
-pub const CLAUDE_HANDLER: &str = include_str!("../handlers/claude/handler.py");
+use crate::embedded::{AGENT_HANDLERS, CacheDirs, InstallError, Installed};
+use crate::handler_host::HandlerCommand;
 
-/// The protocol plumbing both handlers import (`import runtimeuse_protocol`).
-pub const PROTOCOL_MODULE: &str = include_str!("../handlers/common/runtimeuse_protocol.py");
-/// The file name the handlers import [`PROTOCOL_MODULE`] by, beside them.
-pub const PROTOCOL_MODULE_FILE: &str = "runtimeuse_protocol.py";
-
-/// Names of the bundled script handlers.
-pub const NAMES: &[&str] = &["openai", "claude"];
-
-const SCRIPT_MODE: u32 = 0o755;
-/// Imported, not run: no need for it to be executable.
-const MODULE_MODE: u32 = 0o644;
-
-/// The source of a bundled handler, by name.
-pub fn script(name: &str) -> Option<&'static str> {
-    match name {
-        "openai" => Some(OPENAI_HANDLER),
-        "claude" => Some(CLAUDE_HANDLER),
-        _ => None,
-    }
+/// A bundled agent that runs on Node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAgent {
+    /// `--agent` name, and its directory under `handlers/`.
+    pub name: &'static str,
+    /// Oldest Node major version its SDK runs on.
+    pub min_node_major: u32,
 }
 
-/// Writes the bundled handler `name` to the cache (if it is not there
-/// already) and returns its path; `Ok(None)` for a name that is not bundled.
-pub fn script_path(name: &str) -> io::Result<Option<PathBuf>> {
-    let candidates = cache_dirs(
-        std::env::var_os("XDG_CACHE_HOME"),
-        std::env::var_os("HOME"),
-        std::env::temp_dir(),
-        nix::unistd::getuid().as_raw(),
+/// The Node agents, in `install-agent all` order. The OpenAI Agents SDK's
+/// `openai` client declares Node >= 22 but runs on 20 (tested); the Claude
+/// Agent SDK declares >= 18.
+pub const NODE_AGENTS: &[NodeAgent] = &[
+    NodeAgent {
+        name: "openai",
+        min_node_major: 20,
+    },
+    NodeAgent {
+        name: "claude",
+        min_node_major: 18,
+    },
+];
+
+/// The handler's entry point, in its agent's directory.
+const ENTRY: &str = "handler.mjs";
+/// npm lines kept for an error message.
+const NPM_TAIL_LINES: usize = 15;
+/// Said by every error that is about Node, since only these agents need it.
+const NO_NODE_NEEDED: &str = "--agent echo and --handler PATH need no Node";
+
+/// Why a bundled agent cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentSetupError {
+    /// `node` is not on `PATH`.
+    #[error(
+        "the {agent} agent needs Node.js >= {min} with npm, and `node` is not on PATH: \
+         install Node.js {min} or newer (e.g. your distribution's nodejs and npm packages); {NO_NODE_NEEDED}"
+    )]
+    NoNode {
+        /// The agent's name.
+        agent: &'static str,
+        /// Its minimum Node major version.
+        min: u32,
+    },
+    /// `node --version` is below the agent's minimum (or unreadable).
+    #[error(
+        "the {agent} agent needs Node.js >= {min}, but {node} is {found}: \
+         install Node.js {min} or newer; {NO_NODE_NEEDED}"
+    )]
+    OldNode {
+        /// The agent's name.
+        agent: &'static str,
+        /// Its minimum Node major version.
+        min: u32,
+        /// The `node` that was found.
+        node: PathBuf,
+        /// What `node --version` said.
+        found: String,
+    },
+    /// The agent is not installed and `npm` is not on `PATH`.
+    #[error(
+        "the {agent} agent is not installed yet and `npm` is not on PATH: install npm \
+         (it comes with Node.js), or pre-install with `runtimeuse install-agent {agent}` \
+         where npm is available; {NO_NODE_NEEDED}"
+    )]
+    NoNpm {
+        /// The agent's name.
+        agent: &'static str,
+    },
+    /// `npm ci` could not run or failed; the message quotes its last lines.
+    #[error("{0}")]
+    Npm(String),
+    /// The cache directory could not be used.
+    #[error("installing the {agent} agent: {source}")]
+    Install {
+        /// The agent's name.
+        agent: &'static str,
+        /// What went wrong.
+        source: InstallError,
+    },
+}
+
+/// The Node agent called `name`, if there is one.
+pub fn node_agent(name: &str) -> Option<NodeAgent> {
+    NODE_AGENTS.iter().copied().find(|a| a.name == name)
+}
+
+/// Makes `agent` ready to run (checking Node, installing on first use) and
+/// returns the command that starts its handler.
+pub fn prepare(agent: NodeAgent, cache: &CacheDirs) -> Result<HandlerCommand, AgentSetupError> {
+    let node = check_node(agent)?;
+    let installed = install(agent, cache)?;
+    let entry = installed.dir.join("handlers").join(agent.name).join(ENTRY);
+    Ok(HandlerCommand {
+        program: node,
+        args: vec![entry.display().to_string()],
+        display: format!("{} (bundled)", agent.name),
+    })
+}
+
+/// `runtimeuse install-agent NAME`: installs `openai`, `claude` or `all`
+/// (checking Node as a start would), returning each agent with its
+/// directory.
+pub fn install_named(
+    which: &str,
+    cache: &CacheDirs,
+) -> Result<Vec<(NodeAgent, Installed)>, AgentSetupError> {
+    NODE_AGENTS
+        .iter()
+        .filter(|agent| which == "all" || which == agent.name)
+        .map(|&agent| {
+            check_node(agent)?;
+            Ok((agent, install(agent, cache)?))
+        })
+        .collect()
+}
+
+/// Installs `agent` into the cache unless it is there already.
+pub fn install(agent: NodeAgent, cache: &CacheDirs) -> Result<Installed, AgentSetupError> {
+    if let Some(dir) = AGENT_HANDLERS.installed(cache, agent.name) {
+        tracing::debug!(agent = agent.name, dir = %dir.display(), "agent already installed");
+        return Ok(Installed { dir, fresh: false });
+    }
+    let npm = crate::handler_host::find_program("npm")
+        .ok_or(AgentSetupError::NoNpm { agent: agent.name })?;
+    let started = Instant::now();
+    tracing::info!(
+        agent = agent.name,
+        "installing the {} agent's dependencies (npm ci --omit=dev; first start only)",
+        agent.name
     );
-    script_path_in(&candidates, name)
+    let installed = AGENT_HANDLERS
+        .install(cache, agent.name, |staging| {
+            npm_ci(agent, &npm, &staging.join("handlers").join(agent.name))
+        })
+        .map_err(|e| match e {
+            InstallError::Prepare(message) => AgentSetupError::Npm(message),
+            source => AgentSetupError::Install {
+                agent: agent.name,
+                source,
+            },
+        })?;
+    tracing::info!(
+        agent = agent.name,
+        dir = %installed.dir.display(),
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "agent installed"
+    );
+    Ok(installed)
 }
 
-/// Where the scripts may go, best first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CacheDir {
-    /// The directory the scripts are written to.
-    dir: PathBuf,
-    /// A directory in a shared place (the temp dir) that must be created by
-    /// us, owned by us and private before anything is written below it.
-    private_root: Option<PathBuf>,
-}
-
-/// The candidate cache directories for the given environment.
-fn cache_dirs(
-    xdg_cache_home: Option<OsString>,
-    home: Option<OsString>,
-    temp_dir: PathBuf,
-    uid: u32,
-) -> Vec<CacheDir> {
-    let version = env!("CARGO_PKG_VERSION");
-    let mut dirs = Vec::new();
-    // The XDG spec says relative values are invalid and must be ignored.
-    if let Some(xdg) = xdg_cache_home
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-    {
-        dirs.push(CacheDir {
-            dir: xdg.join("runtimeuse").join(version),
-            private_root: None,
-        });
+/// Finds `node` and checks its version against the agent's minimum.
+fn check_node(agent: NodeAgent) -> Result<PathBuf, AgentSetupError> {
+    let node = crate::handler_host::find_program("node").ok_or(AgentSetupError::NoNode {
+        agent: agent.name,
+        min: agent.min_node_major,
+    })?;
+    let version = Command::new(&node)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    match node_major(&version) {
+        Some(major) if major >= agent.min_node_major => Ok(node),
+        _ => Err(AgentSetupError::OldNode {
+            agent: agent.name,
+            min: agent.min_node_major,
+            node,
+            found: if version.is_empty() {
+                "unusable (`node --version` failed)".to_owned()
+            } else {
+                format!("version {version}")
+            },
+        }),
     }
-    if let Some(home) = home.map(PathBuf::from).filter(|p| p.is_absolute()) {
-        dirs.push(CacheDir {
-            dir: home.join(".cache").join("runtimeuse").join(version),
-            private_root: None,
-        });
-    }
-    let root = temp_dir.join(format!("runtimeuse-{uid}"));
-    dirs.push(CacheDir {
-        dir: root.join(version),
-        private_root: Some(root),
-    });
-    dirs
 }
 
-/// [`script_path`] over explicit candidate directories.
-fn script_path_in(candidates: &[CacheDir], name: &str) -> io::Result<Option<PathBuf>> {
-    let Some(content) = script(name) else {
-        return Ok(None);
-    };
-    let mut last_error = io::Error::other("no cache directory to write bundled handlers to");
-    for candidate in candidates {
-        let installed = prepare(candidate)
-            // The module first: the script is useless without it.
-            .and_then(|()| {
-                install(
-                    &candidate.dir,
-                    PROTOCOL_MODULE_FILE,
-                    PROTOCOL_MODULE,
-                    MODULE_MODE,
-                )
-            })
-            .and_then(|_| {
-                install(
-                    &candidate.dir,
-                    &format!("{name}_handler.py"),
-                    content,
-                    SCRIPT_MODE,
-                )
-            });
-        match installed {
-            Ok(path) => return Ok(Some(path)),
-            Err(err) => {
-                tracing::debug!(dir = %candidate.dir.display(), %err, "cannot cache bundled handler here");
-                last_error = io::Error::new(
-                    err.kind(),
-                    format!(
-                        "writing the {name} handler to {}: {err}",
-                        candidate.dir.display()
-                    ),
-                );
+/// The major version in `node --version` output (`v20.11.1` -> 20).
+fn node_major(version: &str) -> Option<u32> {
+    version.strip_prefix('v')?.split('.').next()?.parse().ok()
+}
+
+/// Runs `npm ci --omit=dev` in `dir`, passing its output to the log as it
+/// comes; on failure, the error quotes its last lines.
+fn npm_ci(agent: NodeAgent, npm: &Path, dir: &Path) -> Result<(), String> {
+    let mut child = Command::new(npm)
+        .args([
+            "ci",
+            "--omit=dev",
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--prefer-offline",
+            "--loglevel=http",
+        ])
+        .current_dir(dir)
+        .env_remove(crate::config::AUTH_TOKEN_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", npm.display()))?;
+    let (lines, received) = mpsc::channel();
+    let readers = [
+        forward_lines(child.stdout.take(), lines.clone()),
+        forward_lines(child.stderr.take(), lines),
+    ];
+    let mut tail = VecDeque::with_capacity(NPM_TAIL_LINES);
+    for line in received.into_iter().filter(|l| !l.trim().is_empty()) {
+        tracing::info!(target: "npm", agent = agent.name, "{line}");
+        if tail.len() == NPM_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(|e| format!("waiting for npm: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail: Vec<String> = tail.into_iter().map(|l| format!("  {l}")).collect();
+    Err(format!(
+        "installing the {} agent failed: `npm ci` {status}; its last lines:\n{}",
+        agent.name,
+        tail.join("\n")
+    ))
+}
+
+/// Sends each line of `pipe` to `lines` from a thread of its own.
+fn forward_lines<R: std::io::Read + Send + 'static>(
+    pipe: Option<R>,
+    lines: mpsc::Sender<String>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Some(pipe) = pipe else {
+            return;
+        };
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else {
+                break;
+            };
+            if lines.send(line).is_err() {
+                break;
             }
         }
-    }
-    Err(last_error)
-}
-
-/// Creates the candidate's directory, checking a shared-place root first.
-fn prepare(candidate: &CacheDir) -> io::Result<()> {
-    if let Some(root) = &candidate.private_root {
-        ensure_private_dir(root)?;
-    }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&candidate.dir)
-}
-
-/// Makes sure `dir` is a real directory owned by us that nobody else can
-/// write to (creating it 0700 if missing), so no other user of a shared
-/// temp dir can plant or swap our scripts.
-fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(err),
-    }
-    let meta = fs::symlink_metadata(dir)?;
-    let uid = nix::unistd::getuid().as_raw();
-    if !meta.file_type().is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is not a private directory owned by uid {uid}",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Writes `content` as `<dir>/<file_name>` unless it is there already with
-/// `mode`, atomically; returns the path.
-fn install(dir: &Path, file_name: &str, content: &str, mode: u32) -> io::Result<PathBuf> {
-    let path = dir.join(file_name);
-    if is_current(&path, content, mode) {
-        return Ok(path);
-    }
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(content.as_bytes())?;
-        // The umask may have narrowed the mode given at creation.
-        file.set_permissions(Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, &path)
-    })();
-    if let Err(err) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(err);
-    }
-    Ok(path)
-}
-
-/// Whether `path` is a regular file with exactly `content` and `mode`.
-fn is_current(path: &Path, content: &str, mode: u32) -> bool {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return false;
-    };
-    meta.file_type().is_file()
-        && meta.mode() & 0o7777 == mode
-        && meta.len() == content.len() as u64
-        && fs::read(path).is_ok_and(|bytes| bytes == content.as_bytes())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-    fn only(dir: &Path) -> Vec<CacheDir> {
-        vec![CacheDir {
-            dir: dir.to_path_buf(),
-            private_root: None,
-        }]
-    }
-
-    fn mode(path: &Path) -> u32 {
-        fs::metadata(path).unwrap().mode() & 0o7777
-    }
-
-    /// What a cache dir holds once both handlers are written, and nothing
-    /// else (no temporary files).
-    const EVERY_FILE: [&str; 3] = [
-        "claude_handler.py",
-        "openai_handler.py",
-        "runtimeuse_protocol.py",
-    ];
-
-    fn names_in(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
+    fn embedded_json(path: &str) -> serde_json::Value {
+        let file = AGENT_HANDLERS
+            .file(path)
+            .unwrap_or_else(|| panic!("{path} is not embedded"));
+        serde_json::from_slice(file.contents).unwrap()
     }
 
     #[test]
-    fn embedded_scripts_are_the_handlers() {
-        for name in NAMES {
-            let source = script(name).unwrap();
-            assert!(source.starts_with("#!/usr/bin/env python3\n"), "{name}");
-            assert!(source.contains("PROTOCOL = 1"), "{name}");
-        }
-        assert!(OPENAI_HANDLER.contains("chat/completions"));
-        assert!(CLAUDE_HANDLER.contains("RUNTIMEUSE_CLAUDE_BIN"));
-        assert_eq!(script("echo"), None);
-    }
-
-    #[test]
-    fn writes_each_script_executable() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("cache");
-        for name in NAMES {
-            let path = script_path_in(&only(&dir), name).unwrap().unwrap();
-            assert_eq!(path, dir.join(format!("{name}_handler.py")));
-            assert_eq!(fs::read_to_string(&path).unwrap(), script(name).unwrap());
-            assert_eq!(mode(&path), 0o755);
-        }
-        // No temporary files left behind.
-        assert_eq!(names_in(&dir), EVERY_FILE);
-    }
-
-    #[test]
-    fn the_protocol_module_is_written_beside_the_scripts() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("cache");
-        script_path_in(&only(&dir), "claude").unwrap().unwrap();
-        let module = dir.join(PROTOCOL_MODULE_FILE);
-        assert_eq!(fs::read_to_string(&module).unwrap(), PROTOCOL_MODULE);
-        assert_eq!(mode(&module), 0o644);
-
-        // Stale, wrong mode, or a symlink: replaced, never followed.
-        fs::write(&module, "stale\n").unwrap();
-        script_path_in(&only(&dir), "claude").unwrap();
-        assert_eq!(fs::read_to_string(&module).unwrap(), PROTOCOL_MODULE);
-        fs::set_permissions(&module, Permissions::from_mode(0o666)).unwrap();
-        script_path_in(&only(&dir), "claude").unwrap();
-        assert_eq!(mode(&module), 0o644);
-        let target = tmp.path().join("elsewhere.py");
-        fs::write(&target, "precious\n").unwrap();
-        fs::remove_file(&module).unwrap();
-        std::os::unix::fs::symlink(&target, &module).unwrap();
-        script_path_in(&only(&dir), "claude").unwrap();
-        assert!(fs::symlink_metadata(&module).unwrap().file_type().is_file());
-        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
-    }
-
-    #[test]
-    fn materialized_handlers_import_the_protocol_module() {
-        // Outside the source tree there is no ../common: the handlers must
-        // find the module beside them. With stdin closed they exit 0 at once;
-        // a failed import would exit 1.
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("cache");
-        for name in NAMES {
-            let path = script_path_in(&only(&dir), name).unwrap().unwrap();
-            let output = std::process::Command::new("python3")
-                .arg(&path)
-                .current_dir(tmp.path())
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{name}: {:?}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
+    fn each_agent_is_embedded_with_its_lockfile_and_the_node_sdk() {
+        for agent in NODE_AGENTS {
+            let dir = format!("handlers/{}", agent.name);
+            assert!(AGENT_HANDLERS.file(&format!("{dir}/{ENTRY}")).is_some());
+            let package = embedded_json(&format!("{dir}/package.json"));
+            let lock = embedded_json(&format!("{dir}/package-lock.json"));
+            // `npm ci` refuses a lockfile out of step with package.json.
+            assert_eq!(
+                lock["packages"][""]["dependencies"], package["dependencies"],
+                "{dir}: regenerate package-lock.json (npm install --package-lock-only)"
+            );
+            assert_eq!(
+                package["dependencies"]["runtimeuse-handler"], "file:../sdk/node",
+                "{dir}"
             );
         }
-        // Nor do they leave bytecode in the cache.
-        assert!(!dir.join("__pycache__").exists());
+        let sdk = embedded_json("handlers/sdk/node/package.json");
+        assert_eq!(sdk["name"], "runtimeuse-handler");
     }
 
     #[test]
-    fn unknown_name_is_none_and_writes_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("cache");
-        assert_eq!(script_path_in(&only(&dir), "echo").unwrap(), None);
-        assert_eq!(script_path_in(&only(&dir), "").unwrap(), None);
-        assert!(!dir.exists());
-    }
-
-    #[test]
-    fn an_up_to_date_script_is_not_rewritten() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = script_path_in(&only(tmp.path()), "openai")
-            .unwrap()
-            .unwrap();
-        let inode = fs::metadata(&path).unwrap().ino();
-        let again = script_path_in(&only(tmp.path()), "openai")
-            .unwrap()
-            .unwrap();
-        assert_eq!(again, path);
-        // A rewrite renames a new file into place, which changes the inode.
-        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
-    }
-
-    #[test]
-    fn stale_content_or_mode_is_replaced_atomically() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("claude_handler.py");
-        fs::write(&path, "print('old version')\n").unwrap();
-        let old_inode = fs::metadata(&path).unwrap().ino();
-        script_path_in(&only(tmp.path()), "claude").unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), CLAUDE_HANDLER);
-        assert_ne!(fs::metadata(&path).unwrap().ino(), old_inode);
-        assert_eq!(mode(&path), 0o755);
-
-        // Right content, wrong mode.
-        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
-        script_path_in(&only(tmp.path()), "claude").unwrap();
-        assert_eq!(mode(&path), 0o755);
-        assert_eq!(
-            names_in(tmp.path()),
-            ["claude_handler.py", "runtimeuse_protocol.py"]
-        );
-    }
-
-    #[test]
-    fn a_symlink_in_place_of_the_script_is_replaced_not_followed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("elsewhere.py");
-        fs::write(&target, "precious\n").unwrap();
-        let dir = tmp.path().join("cache");
-        fs::create_dir(&dir).unwrap();
-        std::os::unix::fs::symlink(&target, dir.join("claude_handler.py")).unwrap();
-        let path = script_path_in(&only(&dir), "claude").unwrap().unwrap();
-        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
-        assert_eq!(fs::read_to_string(&path).unwrap(), CLAUDE_HANDLER);
-        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
-    }
-
-    #[test]
-    fn unwritable_locations_fall_through_to_the_next() {
-        let tmp = tempfile::tempdir().unwrap();
-        // A regular file where a directory should be: cannot be created.
-        let blocker = tmp.path().join("not-a-dir");
-        fs::write(&blocker, "").unwrap();
-        let good = tmp.path().join("good");
-        let candidates = [
-            CacheDir {
-                dir: blocker.join("runtimeuse"),
-                private_root: None,
-            },
-            CacheDir {
-                dir: good.clone(),
-                private_root: None,
-            },
-        ];
-        let path = script_path_in(&candidates, "openai").unwrap().unwrap();
-        assert_eq!(path, good.join("openai_handler.py"));
-
-        // All unwritable: the error says where it tried.
-        let err = script_path_in(&candidates[..1], "openai").unwrap_err();
-        assert!(err.to_string().contains("not-a-dir"), "{err}");
-    }
-
-    #[test]
-    fn candidate_directories_in_order() {
-        let uid = 1234;
-        let dirs = cache_dirs(
-            Some("/xdg".into()),
-            Some("/home/u".into()),
-            "/tmp".into(),
-            uid,
-        );
-        let expected = [
-            (format!("/xdg/runtimeuse/{VERSION}"), None),
-            (format!("/home/u/.cache/runtimeuse/{VERSION}"), None),
-            (
-                format!("/tmp/runtimeuse-1234/{VERSION}"),
-                Some("/tmp/runtimeuse-1234"),
-            ),
-        ];
-        assert_eq!(dirs.len(), expected.len());
-        for (dir, (path, root)) in dirs.iter().zip(expected) {
-            assert_eq!(dir.dir, PathBuf::from(path));
-            assert_eq!(dir.private_root, root.map(PathBuf::from));
+    fn nothing_installed_or_hidden_is_embedded() {
+        for file in AGENT_HANDLERS.files {
+            assert!(
+                !file
+                    .path
+                    .split('/')
+                    .any(|part| part == "node_modules" || part.starts_with('.')),
+                "{}",
+                file.path
+            );
         }
     }
 
     #[test]
-    fn relative_or_missing_bases_are_skipped() {
-        let dirs = cache_dirs(Some("relative".into()), Some("".into()), "/tmp".into(), 0);
-        assert_eq!(dirs.len(), 1);
-        assert_eq!(
-            dirs[0].dir,
-            PathBuf::from(format!("/tmp/runtimeuse-0/{VERSION}"))
-        );
-        let dirs = cache_dirs(None, Some("/root".into()), "/tmp".into(), 0);
-        assert_eq!(
-            dirs[0].dir,
-            PathBuf::from(format!("/root/.cache/runtimeuse/{VERSION}"))
-        );
+    fn node_versions() {
+        assert_eq!(node_major("v20.20.2"), Some(20));
+        assert_eq!(node_major("v18.0.0"), Some(18));
+        assert_eq!(node_major("20.1.0"), None);
+        assert_eq!(node_major(""), None);
+        assert_eq!(node_agent("claude").map(|a| a.min_node_major), Some(18));
+        assert_eq!(node_agent("echo"), None);
     }
 
     #[test]
-    fn temp_fallback_is_private() {
-        let tmp = tempfile::tempdir().unwrap();
-        let uid = nix::unistd::getuid().as_raw();
-        let dirs = cache_dirs(None, None, tmp.path().to_path_buf(), uid);
-        let path = script_path_in(&dirs, "openai").unwrap().unwrap();
-        let root = tmp.path().join(format!("runtimeuse-{uid}"));
-        assert!(path.starts_with(&root));
-        assert_eq!(mode(&root), 0o700);
-        // Already there and still ours: reused.
-        assert_eq!(script_path_in(&dirs, "openai").unwrap().unwrap(), path);
-    }
-
-    #[test]
-    fn temp_fallback_refuses_a_shared_or_planted_root() {
-        let tmp = tempfile::tempdir().unwrap();
-        let uid = nix::unistd::getuid().as_raw();
-        let root = tmp.path().join(format!("runtimeuse-{uid}"));
-        let dirs = cache_dirs(None, None, tmp.path().to_path_buf(), uid);
-
-        // World-writable: someone else could swap the scripts.
-        fs::create_dir(&root).unwrap();
-        fs::set_permissions(&root, Permissions::from_mode(0o777)).unwrap();
-        let err = script_path_in(&dirs, "openai").unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
-        fs::remove_dir(&root).unwrap();
-
-        // A symlink to a directory elsewhere.
-        let elsewhere = tmp.path().join("elsewhere");
-        fs::create_dir(&elsewhere).unwrap();
-        fs::set_permissions(&elsewhere, Permissions::from_mode(0o700)).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, &root).unwrap();
-        let err = script_path_in(&dirs, "openai").unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
-        assert!(fs::read_dir(&elsewhere).unwrap().next().is_none());
-    }
-
-    #[test]
-    fn concurrent_writers_agree() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("cache");
-        let threads: Vec<_> = (0..8)
-            .map(|i| {
-                let dir = dir.clone();
-                std::thread::spawn(move || {
-                    let name = NAMES[i % NAMES.len()];
-                    script_path_in(&only(&dir), name).unwrap().unwrap()
-                })
-            })
-            .collect();
-        for thread in threads {
-            let path = thread.join().unwrap();
-            let name = path.file_name().unwrap().to_str().unwrap();
-            let expected = script(name.trim_end_matches("_handler.py")).unwrap();
-            assert_eq!(fs::read_to_string(&path).unwrap(), expected);
+    fn node_errors_say_what_to_install_and_what_needs_no_node() {
+        let errors = [
+            AgentSetupError::NoNode {
+                agent: "openai",
+                min: 20,
+            },
+            AgentSetupError::OldNode {
+                agent: "openai",
+                min: 20,
+                node: "/usr/bin/node".into(),
+                found: "version v16.20.0".into(),
+            },
+            AgentSetupError::NoNpm { agent: "claude" },
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(
+                text.contains("--agent echo and --handler PATH need no Node"),
+                "{text}"
+            );
+            assert!(text.contains("install"), "{text}");
         }
-        assert_eq!(names_in(&dir), EVERY_FILE);
-    }
-
-    #[test]
-    fn script_path_uses_the_real_environment() {
-        // Whatever this environment is, some candidate (the temp dir at
-        // worst) is writable.
-        let path = script_path("openai").unwrap().unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), OPENAI_HANDLER);
-        assert_eq!(script_path("nope").unwrap(), None);
     }
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::config::{AgentSource, Config, TlsFiles};
 
@@ -17,7 +17,12 @@ use crate::config::{AgentSource, Config, TlsFiles};
 /// agent invocations, streams output back and redacts secrets.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Something else than serving (see `runtimeuse help install-agent`).
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+
     /// Bundled agent handler: echo (no model, for testing), openai, claude.
     #[arg(
         long,
@@ -116,6 +121,28 @@ pub struct Cli {
     /// Extra root certificate(s) (PEM) trusted for downloads and uploads.
     #[arg(long, env = "RUNTIMEUSE_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
+
+    /// Where the openai/claude agents are installed on first use [default:
+    /// $XDG_CACHE_HOME/runtimeuse, else ~/.cache/runtimeuse].
+    #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Install a bundled agent's dependencies (npm ci) into the cache and
+    /// exit: for baking agents into a sandbox image or template, so the
+    /// runtime starts warm there.
+    InstallAgent {
+        /// openai, claude, or all.
+        #[arg(value_parser = ["openai", "claude", "all"])]
+        agent: String,
+
+        /// Install here instead of the default cache directory.
+        #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 const AFTER_HELP: &str = "\
@@ -123,6 +150,7 @@ Examples:
   runtimeuse --agent echo              # no model, no key: test your client integration
   OPENAI_API_KEY=... runtimeuse        # the OpenAI handler (default) on port 8080
   runtimeuse --handler ./my_agent.py   # your own handler, any language
+  runtimeuse install-agent all         # pre-install the openai and claude agents (image builds)
 
 Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level.";
 
@@ -155,6 +183,7 @@ impl Cli {
             http_connect_timeout: self.http_connect_timeout,
             http_read_timeout: self.http_read_timeout,
             extra_ca_cert: self.ca_cert,
+            cache_dir: self.cache_dir,
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct Config {
     /// Extra root certificate(s), PEM, trusted for downloads and uploads
     /// (a corporate proxy, a test server).
     pub extra_ca_cert: Option<PathBuf>,
+    /// Where bundled agents are installed; `None`: the user's cache
+    /// directory (see [`crate::embedded::CacheDirs`]).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Paths of the PEM files that turn on TLS.
@@ -93,6 +96,7 @@ impl Default for Config {
             http_connect_timeout: Duration::from_secs(10),
             http_read_timeout: Duration::from_secs(30),
             extra_ca_cert: None,
+            cache_dir: None,
         }
     }
 }
@@ -117,6 +121,7 @@ impl std::fmt::Debug for Config {
             )
             .field("tls", &self.tls)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("cache_dir", &self.cache_dir)
             .finish()
     }
 }

@@ -40,6 +40,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSource;
+use crate::embedded::CacheDirs;
 use crate::outbox::Outbox;
 use crate::process;
 use crate::redact::Redactor;
@@ -151,17 +152,27 @@ pub enum HandlerError {
     ClientGone,
 }
 
-/// Resolves `--agent NAME` / `--handler PATH` into a spawnable command.
+/// Resolves `--agent NAME` / `--handler PATH` into a spawnable command,
+/// with the default cache directory for bundled Node agents.
 ///
 /// Called at startup so a wrong flag fails before any client connects.
 pub fn resolve(agent: &AgentSource) -> Result<HandlerCommand, HandlerError> {
+    resolve_in(agent, &CacheDirs::new(None))
+}
+
+/// [`resolve`], installing a bundled Node agent into `cache` if needed.
+pub fn resolve_in(agent: &AgentSource, cache: &CacheDirs) -> Result<HandlerCommand, HandlerError> {
     match agent {
-        AgentSource::Bundled(name) => resolve_bundled(name),
+        AgentSource::Bundled(name) => resolve_bundled(name, cache),
         AgentSource::Path(path) => resolve_path(path),
     }
 }
 
-fn resolve_bundled(name: &str) -> Result<HandlerCommand, HandlerError> {
+fn resolve_bundled(name: &str, cache: &CacheDirs) -> Result<HandlerCommand, HandlerError> {
+    if let Some(agent) = crate::bundled::node_agent(name) {
+        return crate::bundled::prepare(agent, cache)
+            .map_err(|e| HandlerError::Failed(e.to_string()));
+    }
     match name {
         "echo" => {
             let exe = std::env::current_exe().map_err(|e| {
@@ -175,34 +186,11 @@ fn resolve_bundled(name: &str) -> Result<HandlerCommand, HandlerError> {
                 display: "echo (bundled)".to_owned(),
             })
         }
-        "openai" | "claude" => resolve_bundled_script(name),
         other => Err(HandlerError::Failed(format!(
             "unknown bundled agent {other:?}: choose one of echo, openai, claude \
              (or pass --handler PATH)"
         ))),
     }
-}
-
-/// The openai and claude handlers are Python scripts embedded in the
-/// binary; they are written to a cache directory and run with python3.
-fn resolve_bundled_script(name: &str) -> Result<HandlerCommand, HandlerError> {
-    let path = crate::bundled::script_path(name)
-        .map_err(|e| {
-            HandlerError::Failed(format!(
-                "bundled handler {name}: cannot write its script: {e}"
-            ))
-        })?
-        .ok_or_else(|| HandlerError::Failed(format!("bundled handler {name} is missing")))?;
-    let python = find_program("python3").ok_or_else(|| {
-        HandlerError::Failed(format!(
-            "bundled handler {name} needs python3, which is not on PATH (or use --agent echo / --handler PATH)"
-        ))
-    })?;
-    Ok(HandlerCommand {
-        program: python,
-        args: vec![path.display().to_string()],
-        display: format!("{name} (bundled)"),
-    })
 }
 
 /// Interpreters for handler scripts that are not executable themselves.
@@ -266,7 +254,8 @@ fn resolve_path(path: &Path) -> Result<HandlerCommand, HandlerError> {
 }
 
 /// Finds an executable by name on `PATH` (or checks an absolute path).
-fn find_program(name: &str) -> Option<PathBuf> {
+/// The executable `name` (a path, or looked up on `PATH`).
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let is_exe = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
@@ -1741,13 +1730,7 @@ done
         let cmd = resolve(&AgentSource::Bundled("echo".into())).unwrap();
         assert_eq!(cmd.program, std::env::current_exe().unwrap());
         assert_eq!(cmd.args, [ECHO_SUBCOMMAND]);
-
-        for name in ["openai", "claude"] {
-            let cmd = resolve(&AgentSource::Bundled(name.into())).unwrap();
-            assert!(cmd.program.ends_with("python3"), "{cmd:?}");
-            let script = std::fs::read_to_string(&cmd.args[0]).unwrap();
-            assert_eq!(script, crate::bundled::script(name).unwrap());
-        }
+        // openai and claude: tests/e2e/test_agent_install.py (they need npm).
 
         let err = resolve(&AgentSource::Bundled("gpt".into()))
             .unwrap_err()

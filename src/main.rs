@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use runtimeuse::cli::Cli;
+use runtimeuse::cli::{Cli, CliCommand};
 use runtimeuse::server::Server;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -23,8 +23,12 @@ fn main() -> ExitCode {
         runtimeuse::echo::run();
         return ExitCode::SUCCESS;
     }
-    let config = Cli::parse().into_config();
+    let mut cli = Cli::parse();
     init_logging();
+    if let Some(CliCommand::InstallAgent { agent, cache_dir }) = cli.command.take() {
+        return install_agent(&agent, cache_dir.as_deref());
+    }
+    let config = cli.into_config();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -58,6 +62,24 @@ async fn run(config: runtimeuse::Config) -> anyhow::Result<()> {
     });
     tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
     server.run().await
+}
+
+/// `runtimeuse install-agent`: progress on stderr, each agent's directory
+/// on stdout.
+fn install_agent(which: &str, cache_dir: Option<&std::path::Path>) -> ExitCode {
+    let cache = runtimeuse::embedded::CacheDirs::new(cache_dir);
+    match runtimeuse::bundled::install_named(which, &cache) {
+        Ok(installed) => {
+            for (agent, copy) in installed {
+                println!("{} {}", agent.name, copy.dir.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("runtimeuse: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging() {

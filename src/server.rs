@@ -71,7 +71,11 @@ impl Server {
     /// Resolves the handler, loads the TLS files and binds the port, failing
     /// early and clearly if any is impossible (before a client connects).
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let handler = handler_host::resolve(&config.agent)
+        // A bundled Node agent may run `npm ci` here: off the async threads.
+        let cache = crate::embedded::CacheDirs::new(config.cache_dir.as_deref());
+        let agent = config.agent.clone();
+        let handler = tokio::task::spawn_blocking(move || handler_host::resolve_in(&agent, &cache))
+            .await?
             .with_context(|| format!("cannot use agent handler {:?}", config.agent))?;
         Self::bind_with_handler(config, handler).await
     }

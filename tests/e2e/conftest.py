@@ -60,7 +60,7 @@ def wait_until(predicate, timeout=10.0, interval=0.02):
 class Runtime:
     """One running `runtimeuse` process."""
 
-    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None):
+    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None, ready_timeout=20):
         self.port = free_port()
         self.scheme = scheme
         self.log_path = log_path
@@ -76,14 +76,14 @@ class Runtime:
             start_new_session=True,
             preexec_fn=preexec_fn,
         )
-        self._wait_ready()
+        self._wait_ready(ready_timeout)
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def _wait_ready(self):
-        deadline = time.monotonic() + 20
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"runtime exited early ({self.proc.returncode}):\n{self.log()}")
@@ -118,7 +118,7 @@ def start_runtime(tmp_path):
     started = []
     attempts = itertools.count()
 
-    def start(*args, env=None, scheme="ws", preexec_fn=None):
+    def start(*args, env=None, scheme="ws", preexec_fn=None, ready_timeout=20):
         # Numbered by attempt, not by success: a runtime that fails to start
         # (tests of startup errors) must not make the next one collide.
         n = next(attempts)
@@ -132,6 +132,7 @@ def start_runtime(tmp_path):
             scheme=scheme,
             cwd=workdir,
             preexec_fn=preexec_fn,
+            ready_timeout=ready_timeout,
         )
         started.append(rt)
         return rt

@@ -1,0 +1,155 @@
+"""What the bundled-agent tests share: the agents installed once per test
+run, a mock model API per test, and a runtime whose agents can reach
+nothing but loopback.
+
+Import the fixtures into a test module to use them
+(`from agent_rig import agent_cache, rig`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from conftest import BIN, run
+from mock_anthropic import MockAnthropic
+from mock_model_server import MockModelServer
+from mock_openai import MockOpenAI
+from net_guard import RefusingProxy
+from runtimeuse_client import QueryOptions, RuntimeUseClient
+
+AGENTS = ["openai", "claude"]
+
+#: Long enough for a cold `npm ci` of the claude agent (its SDK ships
+#: Claude Code, a ~200 MB download) on a slow link.
+INSTALL_TIMEOUT = 900
+
+#: Never inherited from the developer's environment: a test must not reach
+#: a real API with a real key.
+VENDOR_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN")
+
+
+def mock_for(agent: str) -> MockModelServer:
+    return MockOpenAI() if agent == "openai" else MockAnthropic()
+
+
+def key_variable(agent: str) -> str:
+    return "OPENAI_API_KEY" if agent == "openai" else "ANTHROPIC_API_KEY"
+
+
+def api_env(agent: str, mock: MockModelServer, key: str | None = "sk-test-key-0123456789") -> dict:
+    """The variables that point an agent at `mock` (with `key`, if any)."""
+    if agent == "openai":
+        env = {"OPENAI_BASE_URL": mock.base_url}
+    else:
+        env = {"ANTHROPIC_BASE_URL": mock.url}
+    if key is not None:
+        env[key_variable(agent)] = key
+    return env
+
+
+def quiet_env(tmp_path: pathlib.Path, proxy: RefusingProxy) -> dict:
+    """Runtime environment for agent tests: no vendor credentials inherited,
+    every proxy-aware client pointed at the refusing proxy, Claude Code's
+    state in the test's directory. Nothing here turns telemetry off: the
+    handlers' own defaults must."""
+    env = {name: "" for name in VENDOR_VARIABLES}
+    env.update(proxy.env())
+    env["CLAUDE_CONFIG_DIR"] = str(tmp_path / "claude-config")
+    return env
+
+
+def query_options(agent: str, **kw) -> QueryOptions:
+    """QueryOptions for `agent` with the required fields filled in."""
+    kw.setdefault("system_prompt", "You are a test agent.")
+    kw.setdefault("model", f"{agent}-test-model")
+    return QueryOptions(**kw)
+
+
+def install_agents(cache: pathlib.Path, which: str = "all", env=None) -> subprocess.CompletedProcess:
+    """`runtimeuse install-agent WHICH --cache-dir CACHE`."""
+    return subprocess.run(
+        [BIN, "install-agent", which, "--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@contextlib.contextmanager
+def file_lock(path: pathlib.Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="session")
+def agent_cache(tmp_path_factory) -> pathlib.Path:
+    """A cache directory with both agents installed, shared by the xdist
+    workers of this run: the first to take the lock installs."""
+    shared = tmp_path_factory.getbasetemp().parent
+    cache = shared / "agent-cache"
+    with file_lock(shared / "agent-cache.lock"):
+        done = install_agents(cache)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return cache
+
+
+@dataclasses.dataclass
+class Rig:
+    """One agent, its mock API and a warm runtime serving it."""
+
+    agent: str
+    mock: MockModelServer
+    runtime: object
+    workdir: pathlib.Path
+
+    def env(self, **extra) -> dict:
+        """`agent_env` for a query: the mock's URL and a key."""
+        return {**api_env(self.agent, self.mock), **extra}
+
+    def options(self, **kw) -> QueryOptions:
+        kw.setdefault("agent_env", self.env())
+        return query_options(self.agent, **kw)
+
+    def query(self, prompt: str, **kw):
+        """A one-shot `client.query`."""
+        return run(RuntimeUseClient(ws_url=self.runtime.url).query(prompt, self.options(**kw)))
+
+
+@contextlib.contextmanager
+def refusing_proxy():
+    proxy = RefusingProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+    assert not proxy.requests, f"something tried to leave loopback through the proxy: {proxy.requests}"
+
+
+def start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, *args, env=None):
+    """A runtime serving `agent` from `cache`, working in a fresh directory."""
+    return start_runtime(
+        "--agent", agent, "--cache-dir", str(cache), *args, env={**quiet_env(tmp_path, proxy), **(env or {})}
+    )
+
+
+@pytest.fixture(params=AGENTS)
+def rig(request, agent_cache, start_runtime, tmp_path):
+    agent = request.param
+    mock = mock_for(agent)
+    with refusing_proxy() as proxy:
+        try:
+            runtime = start_agent_runtime(start_runtime, agent, agent_cache, tmp_path, proxy)
+            workdir = tmp_path / "work"
+            workdir.mkdir()
+            yield Rig(agent, mock, runtime, workdir)
+        finally:
+            mock.close()
