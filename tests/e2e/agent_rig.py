@@ -134,11 +134,10 @@ def refusing_proxy():
     assert not proxy.requests, f"something tried to leave loopback through the proxy: {proxy.requests}"
 
 
-def start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, *args, env=None):
+def start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, *args, env=None, **kw):
     """A runtime serving `agent` from `cache`, working in a fresh directory."""
-    return start_runtime(
-        "--agent", agent, "--cache-dir", str(cache), *args, env={**quiet_env(tmp_path, proxy), **(env or {})}
-    )
+    env = {**quiet_env(tmp_path, proxy), **(env or {})}
+    return start_runtime("--agent", agent, "--cache-dir", str(cache), *args, env=env, **kw)
 
 
 @pytest.fixture(params=AGENTS)

@@ -96,7 +96,7 @@ def test_tool_command_runs_in_the_sandbox_with_agent_env(rig, tmp_path):
 
 def test_structured_output_matches_the_schema(rig):
     answer = {"count": 2, "files": [{"name": "a.txt"}, {"name": "b.txt"}]}
-    result = rig.query(f"MOCK:JSON {json.dumps(answer)}", output_format_json_schema_str=json.dumps(SCHEMA))
+    result = rig.query(f"MOCK:JSON {json.dumps(answer)}", output_format_json_schema_str=json.dumps({"type": "json_schema", "schema": SCHEMA}))
     assert result.data.structured_output == answer
     body = rig.mock.posts("/v1/")[0].body
     if rig.agent == "openai":
@@ -221,7 +221,7 @@ def test_agents_keep_to_loopback(agent, agent_cache, start_runtime, tmp_path):
         )
         guard = SyscallGuard(runtime.proc.pid, tmp_path / "strace.txt")
         try:
-            schema = json.dumps(SCHEMA)
+            schema = json.dumps({"type": "json_schema", "schema": SCHEMA})
 
             def options(**kw):
                 return query_options(agent, **kw)
