@@ -1,0 +1,5 @@
+module runtimeuse.dev/examples/echo
+
+go 1.19
+
+require runtimeuse.dev/handler v0.0.0

@@ -1,0 +1,3 @@
+module runtimeuse.dev/handler
+
+go 1.19
