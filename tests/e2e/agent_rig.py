@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import os
 import pathlib
 import subprocess
+import time
 
 import pytest
-
 from conftest import BIN, run
 from mock_anthropic import MockAnthropic
 from mock_model_server import MockModelServer
@@ -76,6 +77,7 @@ def install_agents(cache: pathlib.Path, which: str = "all", env=None) -> subproc
     """`runtimeuse install-agent WHICH --cache-dir CACHE`."""
     return subprocess.run(
         [BIN, "install-agent", which, "--cache-dir", str(cache)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
@@ -92,14 +94,30 @@ def file_lock(path: pathlib.Path):
 
 @pytest.fixture(scope="session")
 def agent_cache(tmp_path_factory) -> pathlib.Path:
-    """A cache directory with both agents installed, shared by the xdist
-    workers of this run: the first to take the lock installs."""
+    """A cache directory with both agents installed by `runtimeuse
+    install-agent all`, shared by the xdist workers of this run: the first
+    to take the lock installs into the empty directory and keeps a record
+    of that run (see `cold_install`)."""
     shared = tmp_path_factory.getbasetemp().parent
     cache = shared / "agent-cache"
     with file_lock(shared / "agent-cache.lock"):
-        done = install_agents(cache)
-        assert done.returncode == 0, done.stderr[-3000:]
+        record = shared / "agent-cache-install.json"
+        if not record.exists():
+            assert not cache.exists()
+            started = time.monotonic()
+            done = install_agents(cache)
+            seconds = time.monotonic() - started
+            record.write_text(json.dumps({"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "seconds": seconds}))
+        outcome = json.loads(record.read_text())
+        assert outcome["returncode"] == 0, outcome["stderr"][-3000:]
     return cache
+
+
+@pytest.fixture(scope="session")
+def cold_install(agent_cache) -> dict:
+    """How this run's `install-agent all` into the empty `agent_cache` went:
+    `returncode`, `stdout`, `stderr`, `seconds`."""
+    return json.loads((agent_cache.parent / "agent-cache-install.json").read_text())
 
 
 @dataclasses.dataclass

@@ -38,7 +38,7 @@ class Directive:
     arg: str
 
     @classmethod
-    def find(cls, text: str) -> "Directive":
+    def find(cls, text: str) -> Directive:
         match = DIRECTIVE.search(text or "")
         if not match:
             return cls("TEXT", "ok")

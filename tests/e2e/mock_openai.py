@@ -81,10 +81,10 @@ class MockOpenAI(MockModelServer):
             status, message = directive.error()
             handler.send_json(status, _error(message, "invalid_request_error"), [("x-request-id", "req_mock")])
             return
-        if directive.kind == "SHELL" and not tool_outputs(body):
-            if not any(t.get("type") == "function" and t.get("name") == SHELL_TOOL for t in body.get("tools") or []):
-                handler.send_json(500, _error(f"mock: the request has no function tool {SHELL_TOOL!r}", "server_error"))
-                return
+        offered = any(t.get("type") == "function" and t.get("name") == SHELL_TOOL for t in body.get("tools") or [])
+        if directive.kind == "SHELL" and not tool_outputs(body) and not offered:
+            handler.send_json(500, _error(f"mock: the request has no function tool {SHELL_TOOL!r}", "server_error"))
+            return
         Stream(self, handler, body).send(directive)
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the fixtures imported from agent_rig are test parameters)
 """Installing the bundled agents: on first start (before the port opens),
 with `runtimeuse install-agent`, and not at all on a warm start; and each
 start-up error, which must stop the runtime, non-zero, before the port
@@ -13,11 +14,11 @@ import shutil
 import subprocess
 
 import pytest
-
-from agent_rig import (  # noqa: F401 (fixtures)
+from agent_rig import (  # noqa: F401 (fixtures are used by name)
     INSTALL_TIMEOUT,
     agent_cache,
     api_env,
+    cold_install,
     install_agents,
     mock_for,
     query_options,
@@ -52,15 +53,15 @@ def recording_npm(directory: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("agent", ["openai", "claude"])
-def test_first_start_installs_before_the_port_opens(agent, start_runtime, tmp_path):
+def test_first_start_installs_before_the_port_opens_and_the_next_runs_no_npm(agent, start_runtime, tmp_path):
     cache = tmp_path / "empty-cache"
     mock = mock_for(agent)
+    calls = recording_npm(tmp_path / "bin")
+    no_npm = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
     try:
         with refusing_proxy() as proxy:
-            runtime = start_agent_runtime(
-                start_runtime, agent, cache, tmp_path, proxy, ready_timeout=INSTALL_TIMEOUT
-            )
-            log = runtime.log()
+            first = start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, ready_timeout=INSTALL_TIMEOUT)
+            log = first.log()
             # Progress on stderr, all of it before the port opened.
             installing = log.index(f"installing the {agent} agent's dependencies")
             npm_output = log.index("added ")
@@ -70,35 +71,37 @@ def test_first_start_installs_before_the_port_opens(agent, start_runtime, tmp_pa
             (copy,) = agent_dirs(cache)
             assert copy.startswith(f"agent-handlers-{agent}-")
             assert (cache / copy / "handlers" / agent / "node_modules").is_dir()
-            assert ask(runtime, agent, mock) == "installed and answering"
-    finally:
-        mock.close()
+            assert ask(first, agent, mock) == "installed and answering"
+            assert first.stop() == 0
 
-
-def test_install_agent_then_a_warm_start_runs_no_npm(start_runtime, tmp_path):
-    cache = tmp_path / "cache"
-    done = install_agents(cache, "openai")
-    assert done.returncode == 0, done.stderr[-3000:]
-    (copy,) = agent_dirs(cache)
-    assert done.stdout == f"openai {cache / copy}\n"
-    assert "added " in done.stderr and "agent installed" in done.stderr
-    assert (cache / copy / "handlers/openai/node_modules/@openai/agents").is_dir()
-    # The SDK the handler imports is the embedded one, linked as packaged.
-    assert (cache / copy / "handlers/openai/node_modules/runtimeuse-handler/package.json").is_file()
-
-    calls = recording_npm(tmp_path / "bin")
-    path = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
-    again = install_agents(cache, "openai", env={"PATH": path})
-    assert again.returncode == 0 and again.stdout == done.stdout, again.stderr
-    mock = mock_for("openai")
-    try:
-        with refusing_proxy() as proxy:
-            runtime = start_agent_runtime(start_runtime, "openai", cache, tmp_path, proxy, env={"PATH": path})
-            assert ask(runtime, "openai", mock) == "installed and answering"
+            # Warm: with an npm that records being called first on PATH.
+            second = start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, env=no_npm)
+            assert "installing" not in second.log()
+            assert ask(second, agent, mock) == "installed and answering"
+            again = install_agents(cache, agent, env=no_npm)
+            assert again.returncode == 0 and again.stdout == f"{agent} {cache / copy}\n", again.stderr
     finally:
         mock.close()
     assert not calls.exists(), calls.read_text()
     assert agent_dirs(cache) == [copy]
+
+
+def test_install_agent_all_into_an_empty_cache(agent_cache, cold_install):
+    """The shared cache of this run was made by `install-agent all` into an
+    empty directory: what that run did and said."""
+    (openai,) = agent_cache.glob("agent-handlers-openai-*")
+    (claude,) = agent_cache.glob("agent-handlers-claude-*")
+    assert len(agent_dirs(agent_cache)) == 2
+    assert cold_install["stdout"] == f"openai {openai}\nclaude {claude}\n"
+    stderr = cold_install["stderr"]
+    assert stderr.count("npm http fetch") > 20, stderr[-2000:]
+    assert stderr.count("agent installed") == 2
+    assert (openai / "handlers/openai/node_modules/@openai/agents/package.json").is_file()
+    assert (claude / "handlers/claude/node_modules/@anthropic-ai/claude-agent-sdk/package.json").is_file()
+    # The SDK the handlers import is the embedded one, linked as packaged.
+    for copy, agent in [(openai, "openai"), (claude, "claude")]:
+        linked = copy / "handlers" / agent / "node_modules/runtimeuse-handler"
+        assert linked.resolve() == (copy / "handlers/sdk/node").resolve()
 
 
 def test_warm_cache_is_used_from_the_default_location(agent_cache, start_runtime, tmp_path):
@@ -137,6 +140,7 @@ def start_fails(*args, env=None) -> str:
     """Starts the runtime expecting a start-up error; returns its stderr."""
     proc = subprocess.run(
         [BIN, "--host", "127.0.0.1", "--port", str(free_port()), *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,
@@ -188,6 +192,7 @@ def test_install_agent_reports_the_same_problems(tmp_path):
     env = {**os.environ, "PATH": tool_dir(tmp_path, "bin", {"node": pathlib.Path(NODE)})}
     proc = subprocess.run(
         [BIN, "install-agent", "all", "--cache-dir", str(tmp_path / "c")],
+        check=False,
         capture_output=True,
         text=True,
         env=env,

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the fixtures imported from agent_rig are test parameters)
 """The bundled agents, `--agent openai` (OpenAI Agents SDK) and `--agent
 claude` (Claude Agent SDK, Claude Code), through the real runtime and the
 real client, against mock model APIs on 127.0.0.1 that stream what the real
@@ -11,9 +12,7 @@ import json
 import time
 
 import pytest
-from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
-
-from agent_rig import (  # noqa: F401 (fixtures)
+from agent_rig import (  # noqa: F401 (fixtures are used by name)
     agent_cache,
     api_env,
     key_variable,
@@ -25,6 +24,7 @@ from agent_rig import (  # noqa: F401 (fixtures)
 )
 from conftest import pgrep, run, unique, wait_until
 from net_guard import SyscallGuard, outside_loopback
+from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
 
 SCHEMA = {
     "type": "object",
@@ -247,3 +247,16 @@ def test_agents_keep_to_loopback(agent, agent_cache, start_runtime, tmp_path):
     assert "connect(" in trace, "strace recorded no connection at all: it was not watching"
     assert not outside_loopback(trace), outside_loopback(trace)
 
+
+
+def test_the_syscall_guard_flags_only_destinations_off_this_machine():
+    lines = [
+        '1 connect(11, {sa_family=AF_INET, sin_port=htons(443), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+        '2 connect(3, {sa_family=AF_INET6, sin6_port=htons(80), inet_pton(AF_INET6, "::1", &sin6_addr)}, 28) = 0',
+        '3 connect(4, {sa_family=AF_UNIX, sun_path="/run/x.sock"}, 110) = 0',
+        '4 connect(10, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.255.255.53")}, 16) = 0',
+        '5 sendto(7, "q", 1, 0, {sa_family=AF_INET6, inet_pton(AF_INET6, "2001:db8::1", &sin6_addr)}, 28) = 1',
+        '6 connect(9, {sa_family=AF_INET6, inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr)}, 28) = 0',
+    ]
+    trace = "\n".join(lines)
+    assert [line.split()[0] for line in outside_loopback(trace)] == ["4", "5"]
