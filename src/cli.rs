@@ -1,15 +1,127 @@
-//! Command-line flags (and their `RUNTIMEUSE_*` environment variables),
-//! mapped onto [`Config`]. Flag names follow the Node original where it had
-//! one (`--agent`, `--handler`, `--port`) so existing launch scripts keep
+//! The `runtimeuse` binary: command-line flags (and their `RUNTIMEUSE_*`
+//! environment variables) mapped onto [`Config`], and [`main`], which runs
+//! what they ask for. Flag names follow the Node original where it had one
+//! (`--agent`, `--handler`, `--port`) so existing launch scripts keep
 //! working.
+//!
+//! A new subcommand of the binary is dispatched in [`main`], before the
+//! server's flags are parsed, like the hidden echo handler.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
 
 use crate::config::{AgentSource, Config, TlsFiles};
+use crate::embedded::CacheDirs;
+use crate::server::Server;
+
+/// The binary's entry point: the PID 1 reaper, the hidden subcommands, or
+/// the server with the flags' configuration.
+pub fn main() -> ExitCode {
+    if let Some(code) = crate::init::reap_if_pid1() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    // The bundled echo handler runs as a hidden subcommand of the runtime
+    // binary, so `--agent echo` needs nothing else installed.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(crate::agents::ECHO_SUBCOMMAND))
+    {
+        crate::agents::echo::run();
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(INSTALL_AGENT)) {
+        let args = InstallAgentCli::parse_from(std::env::args_os().skip(1));
+        init_logging();
+        return install_agent(args);
+    }
+    let config = Cli::parse().into_config();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("runtimeuse: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runtimeuse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // Installed before the port opens: a SIGTERM the moment a supervisor
+    // sees the port must already mean a graceful shutdown.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = Server::bind(config).await?;
+    let shutdown = server.shutdown_token();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down: no new connections, cancelling running requests");
+        shutdown.cancel();
+    });
+    tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
+    server.run().await
+}
+
+/// The subcommand that only installs bundled agents.
+const INSTALL_AGENT: &str = "install-agent";
+
+/// runtimeuse install-agent: install a bundled agent's dependencies (npm
+/// ci) into the cache and exit, for baking agents into a sandbox image or
+/// template so the runtime starts warm there. Prints each agent's
+/// directory.
+#[derive(Debug, Parser)]
+#[command(name = "runtimeuse install-agent")]
+struct InstallAgentCli {
+    /// openai, claude, or all.
+    #[arg(value_parser = ["openai", "claude", "all"])]
+    agent: String,
+
+    /// Install here instead of the default cache directory.
+    #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+/// Installs, progress on stderr, each agent's directory on stdout.
+fn install_agent(args: InstallAgentCli) -> ExitCode {
+    let cache = CacheDirs::new(args.cache_dir.as_deref());
+    match crate::agents::node::install_named(&args.agent, &cache) {
+        Ok(installed) => {
+            for (agent, copy) in installed {
+                println!("{} {}", agent.name, copy.dir.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("runtimeuse: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(crate::logging::RedactingStderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
 
 /// runtimeuse: the agent runtime that runs inside a sandbox.
 ///
@@ -17,12 +129,7 @@ use crate::config::{AgentSource, Config, TlsFiles};
 /// agent invocations, streams output back and redacts secrets.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = AFTER_HELP)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct Cli {
-    /// Something else than serving (see `runtimeuse help install-agent`).
-    #[command(subcommand)]
-    pub command: Option<CliCommand>,
-
+struct Cli {
     /// Bundled agent handler: echo (no model, for testing), openai, claude.
     #[arg(
         long,
@@ -30,67 +137,67 @@ pub struct Cli {
         default_value = "openai",
         conflicts_with = "handler"
     )]
-    pub agent: String,
+    agent: String,
 
     /// Your own handler program (any language; see protocol/handler-protocol.md).
     /// Run directly if executable, else by extension (.py, .js, .mjs, .sh, ...).
     #[arg(long, env = "RUNTIMEUSE_HANDLER", value_name = "PATH")]
-    pub handler: Option<PathBuf>,
+    handler: Option<PathBuf>,
 
     /// Port to listen on.
     #[arg(long, short, env = "RUNTIMEUSE_PORT", default_value_t = 8080)]
-    pub port: u16,
+    port: u16,
 
     /// Address to listen on.
     #[arg(long, env = "RUNTIMEUSE_HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    host: IpAddr,
 
     /// Interval between heartbeat_message while a request runs (e.g. 15s, 500ms).
     #[arg(long, env = "RUNTIMEUSE_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
-    pub heartbeat_interval: Duration,
+    heartbeat_interval: Duration,
 
     /// Grace between SIGTERM and SIGKILL when a process tree is stopped.
     #[arg(long, env = "RUNTIMEUSE_KILL_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
-    pub kill_grace: Duration,
+    kill_grace: Duration,
 
     /// How long a handler may take to acknowledge a cancel before it is killed.
     #[arg(long, env = "RUNTIMEUSE_HANDLER_CANCEL_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
-    pub handler_cancel_grace: Duration,
+    handler_cancel_grace: Duration,
 
     /// Bytes of each command's stdout kept from its start in the terminal result.
     #[arg(long, env = "RUNTIMEUSE_STDOUT_HEAD_BYTES", value_name = "BYTES", default_value_t = 128 * 1024)]
-    pub stdout_head_bytes: usize,
+    stdout_head_bytes: usize,
 
     /// Bytes of each command's stdout kept from its end in the terminal result.
     #[arg(long, env = "RUNTIMEUSE_STDOUT_TAIL_BYTES", value_name = "BYTES", default_value_t = 128 * 1024)]
-    pub stdout_tail_bytes: usize,
+    stdout_tail_bytes: usize,
 
     /// Longest wait for artifact uploads before a request's terminal message.
     #[arg(long, env = "RUNTIMEUSE_ARTIFACT_FLUSH_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    pub artifact_flush_timeout: Duration,
+    artifact_flush_timeout: Duration,
 
     /// Largest inbound WebSocket message, in bytes.
     #[arg(long, env = "RUNTIMEUSE_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
-    pub max_message_bytes: usize,
+    max_message_bytes: usize,
 
     /// Most simultaneous client connections.
     #[arg(long, env = "RUNTIMEUSE_MAX_CONNECTIONS", default_value_t = 256)]
-    pub max_connections: usize,
+    max_connections: usize,
 
     /// Longest a new connection may take for its TLS handshake, and for its
     /// HTTP request head (idle keep-alive connections are closed after it too;
     /// 0 turns it off).
     #[arg(long, env = "RUNTIMEUSE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
-    pub handshake_timeout: Duration,
+    handshake_timeout: Duration,
 
     /// Longest a graceful shutdown (SIGTERM) waits for sessions to finish.
     #[arg(long, env = "RUNTIMEUSE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
-    pub shutdown_timeout: Duration,
+    shutdown_timeout: Duration,
 
     /// Shared secret clients must present (ws://:TOKEN@host, ?token=TOKEN,
     /// or Authorization: Bearer TOKEN).
     #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true)]
-    pub auth_token: Option<String>,
+    auth_token: Option<String>,
 
     /// PEM certificate chain: serve wss:// (needs --tls-key).
     #[arg(
@@ -99,7 +206,7 @@ pub struct Cli {
         requires = "tls_key",
         value_name = "PEM"
     )]
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
 
     /// PEM private key for --tls-cert.
     #[arg(
@@ -108,41 +215,24 @@ pub struct Cli {
         requires = "tls_cert",
         value_name = "PEM"
     )]
-    pub tls_key: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 
     /// Downloads and uploads: longest time to connect (TCP + TLS).
     #[arg(long, env = "RUNTIMEUSE_HTTP_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
-    pub http_connect_timeout: Duration,
+    http_connect_timeout: Duration,
 
     /// Downloads and uploads: longest time without any progress.
     #[arg(long, env = "RUNTIMEUSE_HTTP_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    pub http_read_timeout: Duration,
+    http_read_timeout: Duration,
 
     /// Extra root certificate(s) (PEM) trusted for downloads and uploads.
     #[arg(long, env = "RUNTIMEUSE_CA_CERT", value_name = "PEM")]
-    pub ca_cert: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
 
     /// Where the openai/claude agents are installed on first use [default:
     /// $XDG_CACHE_HOME/runtimeuse, else ~/.cache/runtimeuse].
     #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum CliCommand {
-    /// Install a bundled agent's dependencies (npm ci) into the cache and
-    /// exit: for baking agents into a sandbox image or template, so the
-    /// runtime starts warm there.
-    InstallAgent {
-        /// openai, claude, or all.
-        #[arg(value_parser = ["openai", "claude", "all"])]
-        agent: String,
-
-        /// Install here instead of the default cache directory.
-        #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
-        cache_dir: Option<PathBuf>,
-    },
+    cache_dir: Option<PathBuf>,
 }
 
 const AFTER_HELP: &str = "\
@@ -156,7 +246,7 @@ Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to chang
 
 impl Cli {
     /// The configuration these flags describe.
-    pub fn into_config(self) -> Config {
+    fn into_config(self) -> Config {
         let agent = match self.handler {
             Some(path) => AgentSource::Path(path),
             None => AgentSource::Bundled(self.agent),
@@ -177,7 +267,7 @@ impl Cli {
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
             handshake_timeout: self.handshake_timeout,
-            auth_token: self.auth_token.filter(|t| !t.is_empty()),
+            auth_token: self.auth_token.filter(|t| !t.is_empty()).map(Into::into),
             tls,
             shutdown_timeout: self.shutdown_timeout,
             http_connect_timeout: self.http_connect_timeout,
@@ -189,7 +279,7 @@ impl Cli {
 }
 
 /// Parses `15s`, `500ms`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => text.split_at(i),

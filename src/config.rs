@@ -8,7 +8,7 @@ use std::time::Duration;
 /// The environment variable holding the auth token. Children (commands,
 /// handlers) never inherit it: code the client runs must not be able to
 /// read the credential that guards the runtime.
-pub const AUTH_TOKEN_ENV: &str = "RUNTIMEUSE_AUTH_TOKEN";
+pub(crate) const AUTH_TOKEN_ENV: &str = "RUNTIMEUSE_AUTH_TOKEN";
 
 /// Which agent handler serves invocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +19,45 @@ pub enum AgentSource {
     Path(PathBuf),
 }
 
+/// A credential: its `Debug` prints `[REDACTED]`, so a struct holding one
+/// can derive `Debug` and be logged whole without leaking it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The credential itself, for the one place that must compare it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::redact::REDACTED)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
 /// Everything a server needs; `Default` is the CLI's defaults.
 ///
-/// `Debug` shows `auth_token` as `Some("[REDACTED]")`, so logging a config
-/// never leaks the token.
-#[derive(Clone)]
+/// Deriving `Debug` is safe: the token is a [`Secret`].
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -50,7 +84,7 @@ pub struct Config {
     /// dropped. Also closes idle keep-alive HTTP connections.
     pub handshake_timeout: Duration,
     /// Shared secret a client must present, if set.
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Secret>,
     /// PEM certificate chain and key for `wss://`, if set.
     pub tls: Option<TlsFiles>,
     /// Longest a graceful shutdown waits for sessions to wind down.
@@ -62,8 +96,9 @@ pub struct Config {
     /// Extra root certificate(s), PEM, trusted for downloads and uploads
     /// (a corporate proxy, a test server).
     pub extra_ca_cert: Option<PathBuf>,
-    /// Where bundled agents are installed; `None`: the user's cache
-    /// directory (see [`crate::embedded::CacheDirs`]).
+    /// Where the bundled Node agents are installed; `None`: the user's
+    /// cache directory (`$XDG_CACHE_HOME/runtimeuse`, else
+    /// `~/.cache/runtimeuse`, else a private directory in the temp dir).
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -101,31 +136,6 @@ impl Default for Config {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("agent", &self.agent)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("kill_grace", &self.kill_grace)
-            .field("handler_cancel_grace", &self.handler_cancel_grace)
-            .field("stdout_head_bytes", &self.stdout_head_bytes)
-            .field("stdout_tail_bytes", &self.stdout_tail_bytes)
-            .field("artifact_flush_timeout", &self.artifact_flush_timeout)
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("max_connections", &self.max_connections)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field(
-                "auth_token",
-                &self.auth_token.as_ref().map(|_| "[REDACTED]"),
-            )
-            .field("tls", &self.tls)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("cache_dir", &self.cache_dir)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,10 +144,13 @@ mod tests {
     fn debug_hides_the_auth_token() {
         let config = Config {
             auth_token: Some("hunter2-token".into()),
+            extra_ca_cert: Some("/etc/ca.pem".into()),
             ..Default::default()
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2-token"), "{shown}");
-        assert!(shown.contains("[REDACTED]"), "{shown}");
+        assert!(shown.contains("auth_token: Some([REDACTED])"), "{shown}");
+        // Derived, so no field is left out.
+        assert!(shown.contains("/etc/ca.pem"), "{shown}");
     }
 }

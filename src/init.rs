@@ -36,7 +36,7 @@ const FORWARDED: [Signal; 6] = [
 /// then returns its exit code. Returns `None` right away otherwise.
 ///
 /// Must be called first thing in `main`, while the process has one thread.
-pub fn reap_if_pid1() -> Option<i32> {
+pub(crate) fn reap_if_pid1() -> Option<i32> {
     if std::process::id() != 1 {
         return None;
     }

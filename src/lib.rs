@@ -1,54 +1,67 @@
 //! runtimeuse: the daemon that runs inside an AI-agent sandbox.
 //!
-//! A client connects over WebSocket and sends work (agent invocations or
-//! shell commands); the runtime does it, streams output back, uploads
-//! artifacts and redacts secrets. The binary in `main.rs` is a thin CLI over
-//! this library so other programs can embed the server with their own
-//! [`Config`]:
-//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let config = runtimeuse::Config {
-//!     agent: runtimeuse::AgentSource::Bundled("echo".into()),
+//!     agent: runtimeuse::AgentSource::Path("./my_agent.py".into()),
 //!     ..Default::default()
 //! };
 //! runtimeuse::Server::bind(config).await?.run().await
 //! # }
 //! ```
 //!
-//! Where things live: [`server`] accepts connections, [`session`] runs one
-//! connection, [`request`] is one request's pipeline, [`commands`] runs shell
-//! commands, [`handler_host`] runs agent handlers, [`redact`] scrubs
-//! secrets, [`wire`] is the client protocol, [`auth`] checks the token and
-//! [`tls`] loads the certificate.
+//! A client connects over WebSocket and sends work (agent invocations or
+//! shell commands); the runtime does it, streams output back, uploads
+//! artifacts and redacts secrets. The `runtimeuse` binary is a thin CLI over
+//! this library, so another program can embed the same server with its own
+//! [`Config`].
+//!
+//! The public surface is deliberately small: [`Config`] (with
+//! [`AgentSource`], [`TlsFiles`] and [`Secret`]) says what to serve,
+//! [`Server`] serves it, [`HandlerCommand`] checks an agent handler before
+//! serving, and [`Redactor`] / [`StreamRedactor`] are the secret scrubbing
+//! the runtime applies to everything it sends, for programs that relay
+//! output of their own. Everything else is private to the crate; the
+//! README's source map says where each concern lives.
 
-// Every public item is documented, and stays so: clippy runs with
-// `-D warnings`.
-#![warn(missing_docs)]
-
-pub mod archive;
-pub mod artifacts;
-pub mod auth;
-pub mod bundled;
+mod agents;
+mod archive;
+mod artifacts;
+mod auth;
+#[doc(hidden)]
 pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod downloads;
-pub mod echo;
-pub mod embedded;
-pub mod handler_host;
-pub mod http_client;
-pub mod init;
-pub mod logging;
-pub mod outbox;
-pub mod process;
-pub mod redact;
-pub mod request;
-pub mod server;
-pub mod session;
-pub mod tls;
-pub mod wire;
+mod commands;
+mod config;
+mod downloads;
+mod embedded;
+mod frames;
+mod handler;
+mod http;
+mod init;
+mod logging;
+mod outbox;
+mod process;
+mod redact;
+mod request;
+mod server;
+mod session;
+mod text;
+mod tls;
+mod wire;
 
-pub use config::{AgentSource, Config};
+pub use config::{AgentSource, Config, Secret, TlsFiles};
+pub use handler::{HandlerCommand, HandlerError};
 pub use redact::{Redactor, StreamRedactor};
 pub use server::Server;
+
+/// Internals the fuzz targets in `fuzz/` drive directly. Not part of the
+/// API: no stability promise, hidden from the docs.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::frames::encode;
+    pub use crate::redact::REDACTED;
+    pub use crate::wire::{
+        CommandResult, InboundMessage, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage, ResultData,
+        Stream,
+    };
+}

@@ -22,7 +22,7 @@ const MAX_LOG_SECRETS: usize = 10_000;
 static LOG_SECRETS: LazyLock<RwLock<Redactor>> = LazyLock::new(Default::default);
 
 /// Adds secrets to the set scrubbed from every log line.
-pub fn remember_secrets(secrets: &[String]) {
+pub(crate) fn remember_secrets(secrets: &[String]) {
     let mut guard = LOG_SECRETS.write().unwrap_or_else(|e| e.into_inner());
     let known = guard.secrets();
     let fresh: Vec<&String> = secrets
@@ -44,7 +44,7 @@ fn log_redactor() -> Redactor {
 
 /// A `tracing_subscriber` writer: stderr, one redacted line at a time.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RedactingStderr;
+pub(crate) struct RedactingStderr;
 
 impl<'a> MakeWriter<'a> for RedactingStderr {
     type Writer = LineWriter;
@@ -56,7 +56,7 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 
 /// Collects one formatted event and writes it, redacted, when dropped.
 #[derive(Debug)]
-pub struct LineWriter {
+pub(crate) struct LineWriter {
     buf: Vec<u8>,
 }
 

@@ -12,23 +12,23 @@ use crate::wire::OutboundMessage;
 /// The connection is gone; whatever was being sent can be dropped.
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 #[error("the client connection is closed")]
-pub struct Closed;
+pub(crate) struct Closed;
 
 /// A cloneable handle for queueing messages to the session's writer.
 #[derive(Debug, Clone)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     tx: mpsc::Sender<OutboundMessage>,
 }
 
 impl Outbox {
     /// Makes an outbox and the receiver its writer drains.
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<OutboundMessage>) {
+    pub(crate) fn channel(capacity: usize) -> (Self, mpsc::Receiver<OutboundMessage>) {
         let (tx, rx) = mpsc::channel(capacity);
         (Self { tx }, rx)
     }
 
     /// Queues a message, waiting while the writer is behind.
-    pub async fn send(&self, message: OutboundMessage) -> Result<(), Closed> {
+    pub(crate) async fn send(&self, message: OutboundMessage) -> Result<(), Closed> {
         self.tx.send(message).await.map_err(|_| Closed)
     }
 }

@@ -18,12 +18,12 @@ use tokio::time::{Instant, sleep};
 const POLL: Duration = Duration::from_millis(10);
 
 /// Puts the child in a new process group whose id is its pid.
-pub fn new_group(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+pub(crate) fn new_group(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
     command.process_group(0)
 }
 
 /// Removes the runtime's own credential from a child's environment.
-pub fn without_runtime_credentials(
+pub(crate) fn without_runtime_credentials(
     command: &mut tokio::process::Command,
 ) -> &mut tokio::process::Command {
     command.env_remove(crate::config::AUTH_TOKEN_ENV)
@@ -34,7 +34,7 @@ pub fn without_runtime_credentials(
 /// Zombies do not count: an orphaned grandchild that died is reparented to
 /// init, and an init that never reaps (common in containers) would keep it
 /// as a zombie forever, making every kill wait out its whole grace period.
-pub fn group_alive(pgid: u32) -> bool {
+pub(crate) fn group_alive(pgid: u32) -> bool {
     if matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH)) {
         return false;
     }
@@ -80,13 +80,13 @@ fn parse_stat(stat: &str) -> Option<(char, u32)> {
 }
 
 /// Sends a signal to a whole group, ignoring "already gone".
-pub fn signal_group(pgid: u32, signal: Signal) {
+pub(crate) fn signal_group(pgid: u32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid as i32), signal);
 }
 
 /// Ends a group: SIGTERM to all of it, SIGKILL to whatever is left after
 /// `grace`, and reaps the leader so no zombie stays behind.
-pub async fn terminate_group(child: &mut Child, grace: Duration) {
+pub(crate) async fn terminate_group(child: &mut Child, grace: Duration) {
     let Some(pgid) = child.id() else {
         // Already reaped: nothing of ours can be signalled by pid safely.
         return;
@@ -109,7 +109,7 @@ pub async fn terminate_group(child: &mut Child, grace: Duration) {
 /// Background jobs of a cancelled command can outlive the shell; their
 /// group id is the shell's old pid, which stays reserved while any member
 /// lives, so signalling it cannot hit an unrelated process.
-pub async fn kill_group_remnants(pgid: u32, grace: Duration) {
+pub(crate) async fn kill_group_remnants(pgid: u32, grace: Duration) {
     if !group_alive(pgid) {
         return;
     }

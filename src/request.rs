@@ -17,8 +17,9 @@ use crate::artifacts::Artifacts;
 use crate::commands::{self, CommandContext, CommandError};
 use crate::config::Config;
 use crate::downloads::{self, DownloadError};
-use crate::handler_host::{HandlerError, HandlerHost, Invocation, InvokeContext};
-use crate::http_client::HttpClient;
+use crate::frames;
+use crate::handler::{HandlerError, HandlerHost, Invocation, InvokeContext};
+use crate::http::HttpClient;
 use crate::outbox::Outbox;
 use crate::redact::Redactor;
 use crate::wire::{
@@ -29,7 +30,7 @@ use crate::wire::{
 /// Why a request ended without its normal result; the text is what the
 /// client's `AgentRuntimeError` will carry.
 #[derive(Debug, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// `cancel_message` or a disconnect; no artifact flush precedes it.
     #[error("Request cancelled")]
     Cancelled,
@@ -104,7 +105,7 @@ impl From<HandlerError> for RequestError {
 
 impl RequestError {
     /// The `error_message` that ends the request.
-    pub fn into_message(self) -> OutboundMessage {
+    pub(crate) fn into_message(self) -> OutboundMessage {
         let metadata = match &self {
             Self::Agent { metadata, .. } => metadata.clone(),
             Self::CommandFailed {
@@ -124,22 +125,22 @@ impl RequestError {
 
 /// What stage a request is in, for heartbeats and logs.
 #[derive(Debug, Clone, Default)]
-pub struct Phase(Arc<Mutex<&'static str>>);
+pub(crate) struct Phase(Arc<Mutex<&'static str>>);
 
 impl Phase {
     /// Records the stage the request has entered.
-    pub fn set(&self, phase: &'static str) {
+    pub(crate) fn set(&self, phase: &'static str) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = phase;
     }
 
     /// The current stage.
-    pub fn get(&self) -> &'static str {
+    pub(crate) fn get(&self) -> &'static str {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// Everything a pipeline needs, owned so the request can run as its own task.
-pub struct RequestContext {
+pub(crate) struct RequestContext {
     /// The session's outbound queue; every message is redacted on the way.
     pub outbox: Outbox,
     /// Fired by `cancel_message` or a disconnect; every stage watches it.
@@ -174,7 +175,7 @@ impl RequestContext {
 }
 
 /// A request the session can run.
-pub enum Request {
+pub(crate) enum Request {
     /// An agent invocation; ends in `result_message` or `error_message`.
     Invocation(Box<InvocationMessage>),
     /// Shell commands only; ends in `command_execution_result_message` or
@@ -183,7 +184,7 @@ pub enum Request {
 }
 
 /// Runs a request to its terminal message, with heartbeats while it runs.
-pub async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
+pub(crate) async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
     let heartbeat = tokio::spawn(heartbeat(
         ctx.outbox.clone(),
         ctx.phase.clone(),
@@ -297,7 +298,7 @@ async fn run_commands(
             break;
         }
     }
-    commands::fit_results(&mut results, MAX_OUTBOUND_FRAME_BYTES);
+    frames::fit_results(&mut results, MAX_OUTBOUND_FRAME_BYTES);
     Ok(OutboundMessage::CommandExecutionResultMessage { results })
 }
 

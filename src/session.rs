@@ -4,16 +4,18 @@
 //! The reader never waits on work: requests run as their own tasks, so
 //! pings, `cancel_message` and artifact responses are handled while a
 //! command or the agent is busy. All output funnels through one
-//! [`Outbox`] into `write_loop`, the only place that touches the socket's
-//! write half and the only place that redacts, so no message can skip
-//! redaction.
+//! [`Outbox`] into the writer task (`writer.rs`), the only place that
+//! touches the socket's write half and the only place that redacts, so no
+//! message can skip redaction.
 
-use std::sync::{Arc, OnceLock, RwLock};
+mod secrets;
+mod writer;
 
-use futures_util::{Sink, SinkExt, StreamExt};
-use serde_json::Value;
+use std::sync::{Arc, OnceLock};
+
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Mutex as AsyncMutex, mpsc};
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -24,12 +26,14 @@ use tracing::Instrument;
 
 use crate::artifacts::{Artifacts, UploadFn, UploadJob};
 use crate::config::Config;
-use crate::handler_host::{HandlerCommand, HandlerHost};
-use crate::http_client::HttpClient;
+use crate::handler::{HandlerCommand, HandlerHost};
+use crate::http::HttpClient;
 use crate::outbox::Outbox;
-use crate::redact::Redactor;
 use crate::request::{self, Phase, Request, RequestContext};
-use crate::wire::{InboundMessage, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage};
+use crate::wire::{InboundMessage, OutboundMessage};
+
+use secrets::SessionSecrets;
+use writer::write_loop;
 
 /// How many messages may wait for the socket before producers block.
 const OUTBOX_CAPACITY: usize = 32;
@@ -37,51 +41,16 @@ const OUTBOX_CAPACITY: usize = 32;
 /// How long a closing session waits for a client that stopped reading.
 const WRITER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Largest piece of text put in one message when an oversized one is split.
-const SPLIT_PIECE_BYTES: usize = 64 * 1024;
-
-/// Longest command string repeated in the pieces of a split output message.
-const MAX_COMMAND_ECHO_BYTES: usize = 4096;
-
 /// What every session of a server shares.
-pub struct SessionShared {
+pub(crate) struct SessionShared {
     /// The server's settings, read by every request.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// How to start the agent handler; each session starts its own process.
-    pub handler_command: Arc<HandlerCommand>,
+    pub(crate) handler_command: Arc<HandlerCommand>,
     /// One HTTP client for every download and upload of the server.
-    pub http: HttpClient,
+    pub(crate) http: HttpClient,
     /// Fired when the server shuts down: sessions cancel work and close.
-    pub shutdown: CancellationToken,
-}
-
-/// Every secret the session has been told about, across its requests.
-///
-/// Outbound messages and logs are redacted with all of them, so a late
-/// message (an artifact announcement after the request that named the
-/// secret) is still covered.
-#[derive(Debug, Clone, Default)]
-pub struct SessionSecrets(Arc<RwLock<Redactor>>);
-
-impl SessionSecrets {
-    /// Adds secrets and returns the redactor now in force.
-    pub fn add(&self, secrets: &[String]) -> Redactor {
-        crate::logging::remember_secrets(secrets);
-        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let known = guard.secrets();
-        if secrets
-            .iter()
-            .any(|s| !s.is_empty() && known.binary_search(s).is_err())
-        {
-            *guard = guard.with(secrets);
-        }
-        guard.clone()
-    }
-
-    /// The redactor now in force.
-    pub fn current(&self) -> Redactor {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// A request that is running.
@@ -114,7 +83,7 @@ enum Flow {
 }
 
 /// Serves one WebSocket connection until it closes or the session ends.
-pub async fn serve<S>(ws: WebSocketStream<S>, shared: Arc<SessionShared>)
+pub(crate) async fn serve<S>(ws: WebSocketStream<S>, shared: Arc<SessionShared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -379,239 +348,5 @@ impl Session {
             .await
             .shutdown(self.shared.config.kill_grace)
             .await;
-    }
-}
-
-/// Drains the outbox into the socket, redacting and bounding every frame.
-///
-/// Ends when every outbox is dropped, or when `stop` fires: then whatever
-/// is already queued still goes out before the close frame.
-async fn write_loop<S>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<OutboundMessage>,
-    secrets: SessionSecrets,
-    stop: CancellationToken,
-    close_reason: Arc<OnceLock<CloseFrame>>,
-) where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    loop {
-        let message = tokio::select! {
-            biased;
-            message = rx.recv() => message,
-            () = stop.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(message) = message else { break };
-        if let Err(e) = write_message(&mut sink, &message, &secrets).await {
-            tracing::info!(error = %e, "could not write to the client; dropping the writer");
-            return;
-        }
-    }
-    if let Some(reason) = close_reason.get() {
-        let _ = sink.send(Message::Close(Some(reason.clone()))).await;
-    }
-    let _ = sink.close().await;
-}
-
-async fn write_message<S>(
-    sink: &mut S,
-    message: &OutboundMessage,
-    secrets: &SessionSecrets,
-) -> Result<(), tungstenite::Error>
-where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    let redactor = secrets.current();
-    for frame in encode(message, &redactor) {
-        sink.send(Message::text(frame)).await?;
-    }
-    Ok(())
-}
-
-/// Turns a message into redacted frames that each fit the client's limit.
-///
-/// Oversized streaming messages are split (after redaction, so a split can
-/// never cut a secret in two); an oversized result becomes an error the
-/// client can read instead of a frame that would kill its connection.
-pub fn encode(message: &OutboundMessage, redactor: &Redactor) -> Vec<String> {
-    let mut value = serde_json::to_value(message.redacted(redactor)).unwrap_or(Value::Null);
-    let text = value.to_string();
-    if text.len() <= MAX_OUTBOUND_FRAME_BYTES {
-        return vec![text];
-    }
-    match message {
-        OutboundMessage::AssistantMessage { .. } => split_field(&value, "text_blocks", true),
-        OutboundMessage::CommandOutputMessage { .. } => {
-            // Every piece repeats the command string: a huge one must not
-            // keep the pieces oversized too.
-            if let Some(command) = value["command"].as_str()
-                && command.len() > MAX_COMMAND_ECHO_BYTES
-            {
-                let cut = char_pieces(command, MAX_COMMAND_ECHO_BYTES)
-                    .next()
-                    .unwrap_or("");
-                value["command"] = Value::String(format!("{cut}…"));
-            }
-            split_field(&value, "text", false)
-        }
-        other if other.is_terminal() => {
-            let error = format!(
-                "The result is {} bytes once encoded, more than the {MAX_OUTBOUND_FRAME_BYTES}-byte frame limit of the client",
-                text.len()
-            );
-            vec![serde_json::to_string(&OutboundMessage::error(error)).unwrap_or_default()]
-        }
-        _ => {
-            tracing::warn!(bytes = text.len(), "dropped an oversized message");
-            Vec::new()
-        }
-    }
-}
-
-/// Splits the text in `field` (a string, or a list of strings) across
-/// several copies of the message. Each copy is the message without the
-/// field plus one piece, so the cost stays linear in the text's size.
-fn split_field(value: &Value, field: &str, is_list: bool) -> Vec<String> {
-    let mut skeleton = value.clone();
-    let texts: Vec<String> = match skeleton.as_object_mut().and_then(|m| m.remove(field)) {
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .filter_map(|item| match item {
-                Value::String(s) => Some(s),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut frames = Vec::new();
-    for text in &texts {
-        for piece in char_pieces(text, SPLIT_PIECE_BYTES) {
-            let piece = Value::String(piece.to_owned());
-            let mut copy = skeleton.clone();
-            copy[field] = if is_list {
-                Value::Array(vec![piece])
-            } else {
-                piece
-            };
-            frames.push(copy.to_string());
-        }
-    }
-    frames
-}
-
-/// Cuts text into pieces of at most `max` bytes on character boundaries.
-fn char_pieces(text: &str, max: usize) -> impl Iterator<Item = &str> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut end = rest.len().min(max);
-        while !rest.is_char_boundary(end) {
-            end -= 1;
-        }
-        let (piece, tail) = rest.split_at(end);
-        rest = tail;
-        Some(piece)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::Stream;
-
-    fn decode(frame: &str) -> Value {
-        serde_json::from_str(frame).unwrap()
-    }
-
-    #[test]
-    fn every_frame_is_redacted() {
-        let redactor = Redactor::new(["hunter2"]);
-        let frames = encode(
-            &OutboundMessage::error("password hunter2 leaked"),
-            &redactor,
-        );
-        assert_eq!(decode(&frames[0])["error"], "password [REDACTED] leaked");
-    }
-
-    #[test]
-    fn oversized_assistant_text_is_split_not_lost() {
-        let big = "é".repeat(800_000); // 1.6 MB of UTF-8
-        let msg = OutboundMessage::AssistantMessage {
-            text_blocks: vec![big.clone()],
-        };
-        let frames = encode(&msg, &Redactor::default());
-        assert!(frames.len() > 1);
-        let mut joined = String::new();
-        for frame in &frames {
-            assert!(frame.len() <= MAX_OUTBOUND_FRAME_BYTES);
-            let v = decode(frame);
-            assert_eq!(v["message_type"], "assistant_message");
-            joined.push_str(v["text_blocks"][0].as_str().unwrap());
-        }
-        assert_eq!(joined, big);
-    }
-
-    #[test]
-    fn oversized_output_is_split_after_redaction() {
-        let text = format!("{}SECRETVALUE{}", "a".repeat(65_530), "b".repeat(2_000_000));
-        let msg = OutboundMessage::CommandOutputMessage {
-            stream: Stream::Stdout,
-            text,
-            command: "x".into(),
-        };
-        let frames = encode(&msg, &Redactor::new(["SECRETVALUE"]));
-        let joined: String = frames
-            .iter()
-            .map(|f| decode(f)["text"].as_str().unwrap().to_owned())
-            .collect();
-        assert!(!joined.contains("SECRET") && !joined.contains("VALUE"));
-        assert!(joined.contains("[REDACTED]"));
-    }
-
-    #[test]
-    fn huge_command_strings_do_not_keep_output_frames_oversized() {
-        let msg = OutboundMessage::CommandOutputMessage {
-            stream: Stream::Stderr,
-            text: "x".repeat(500_000),
-            command: "c".repeat(900_000),
-        };
-        let frames = encode(&msg, &Redactor::default());
-        let total: usize = frames
-            .iter()
-            .map(|f| {
-                assert!(f.len() <= MAX_OUTBOUND_FRAME_BYTES);
-                decode(f)["text"].as_str().unwrap().len()
-            })
-            .sum();
-        assert_eq!(total, 500_000);
-    }
-
-    #[test]
-    fn oversized_result_becomes_a_clear_error() {
-        let msg = OutboundMessage::ResultMessage {
-            data: crate::wire::ResultData::Text {
-                text: "x".repeat(2_000_000),
-            },
-            metadata: Default::default(),
-        };
-        let frames = encode(&msg, &Redactor::default());
-        assert_eq!(frames.len(), 1);
-        let v = decode(&frames[0]);
-        assert_eq!(v["message_type"], "error_message");
-        assert!(v["error"].as_str().unwrap().contains("frame limit"));
-    }
-
-    #[test]
-    fn session_secrets_accumulate() {
-        let secrets = SessionSecrets::default();
-        secrets.add(&["one-secret".into()]);
-        let r = secrets.add(&["two-secret".into(), String::new()]);
-        assert_eq!(
-            r.redact_str("one-secret two-secret"),
-            "[REDACTED] [REDACTED]"
-        );
     }
 }

@@ -18,13 +18,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsFiles;
 
 /// Builds the acceptor for `files`, or says which file is wrong and why.
-pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(server_config(files)?)))
 }
 
 /// The rustls server configuration for `files` (ring provider, TLS 1.2 and
 /// 1.3, no client certificates, ALPN `http/1.1`).
-pub fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
+pub(crate) fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
     let certs = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -20,9 +20,8 @@ mod common;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use runtimeuse::Redactor;
-use runtimeuse::session::encode;
-use runtimeuse::wire::{
-    CommandResult, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage, ResultData, Stream,
+use runtimeuse::fuzzing::{
+    CommandResult, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage, ResultData, Stream, encode,
 };
 use serde_json::{Map, Value};
 

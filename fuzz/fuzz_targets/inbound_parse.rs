@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runtimeuse::wire::InboundMessage;
+use runtimeuse::fuzzing::InboundMessage;
 
 fuzz_target!(|data: &[u8]| {
     // The server only ever hands `parse` a text frame, which is UTF-8.

@@ -7,7 +7,7 @@
 #![allow(dead_code)] // Not every target uses every helper.
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
-use runtimeuse::redact::REDACTED;
+use runtimeuse::fuzzing::REDACTED;
 
 /// Pieces secrets are made of. Besides plain letters they include bytes of
 /// the `[REDACTED]` marker (`E`, `D`, `]`), so some secrets overlap the

@@ -3,7 +3,7 @@
 //! Their sources (`handlers/openai`, `handlers/claude`), committed
 //! `package-lock.json` files and the Node handler SDK they depend on
 //! (`handlers/sdk/node`, by a relative `file:` path) are embedded in the
-//! binary ([`crate::embedded::AGENT_HANDLERS`]). On first use an agent is
+//! binary (`AGENT_HANDLERS` in [`crate::embedded`]). On first use an agent is
 //! installed into the cache directory: the tree is unpacked and
 //! `npm ci --omit=dev` runs in the agent's directory, with npm's progress on
 //! stderr, before the port opens, so no query ever waits for it. The copy
@@ -25,21 +25,21 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::embedded::{AGENT_HANDLERS, CacheDirs, InstallError, Installed};
-use crate::handler_host::HandlerCommand;
+use crate::handler::{HandlerCommand, find_program};
 
 /// A bundled agent that runs on Node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeAgent {
+pub(crate) struct NodeAgent {
     /// `--agent` name, and its directory under `handlers/`.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Oldest Node major version its SDK runs on.
-    pub min_node_major: u32,
+    pub(crate) min_node_major: u32,
 }
 
 /// The Node agents, in `install-agent all` order. The OpenAI Agents SDK's
 /// `openai` client declares Node >= 22 but runs on 20 (tested); the Claude
 /// Agent SDK declares >= 18.
-pub const NODE_AGENTS: &[NodeAgent] = &[
+pub(crate) const NODE_AGENTS: &[NodeAgent] = &[
     NodeAgent {
         name: "openai",
         min_node_major: 20,
@@ -59,7 +59,7 @@ const NO_NODE_NEEDED: &str = "--agent echo and --handler PATH need no Node";
 
 /// Why a bundled agent cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum AgentSetupError {
+pub(crate) enum AgentSetupError {
     /// `node` is not on `PATH`.
     #[error(
         "the {agent} agent needs Node.js >= {min} with npm, and `node` is not on PATH: \
@@ -110,13 +110,16 @@ pub enum AgentSetupError {
 }
 
 /// The Node agent called `name`, if there is one.
-pub fn node_agent(name: &str) -> Option<NodeAgent> {
+pub(crate) fn node_agent(name: &str) -> Option<NodeAgent> {
     NODE_AGENTS.iter().copied().find(|a| a.name == name)
 }
 
 /// Makes `agent` ready to run (checking Node, installing on first use) and
 /// returns the command that starts its handler.
-pub fn prepare(agent: NodeAgent, cache: &CacheDirs) -> Result<HandlerCommand, AgentSetupError> {
+pub(crate) fn prepare(
+    agent: NodeAgent,
+    cache: &CacheDirs,
+) -> Result<HandlerCommand, AgentSetupError> {
     let node = check_node(agent)?;
     let installed = install(agent, cache)?;
     let entry = installed.dir.join("handlers").join(agent.name).join(ENTRY);
@@ -130,7 +133,7 @@ pub fn prepare(agent: NodeAgent, cache: &CacheDirs) -> Result<HandlerCommand, Ag
 /// `runtimeuse install-agent NAME`: installs `openai`, `claude` or `all`
 /// (checking Node as a start would), returning each agent with its
 /// directory.
-pub fn install_named(
+pub(crate) fn install_named(
     which: &str,
     cache: &CacheDirs,
 ) -> Result<Vec<(NodeAgent, Installed)>, AgentSetupError> {
@@ -145,13 +148,12 @@ pub fn install_named(
 }
 
 /// Installs `agent` into the cache unless it is there already.
-pub fn install(agent: NodeAgent, cache: &CacheDirs) -> Result<Installed, AgentSetupError> {
+pub(crate) fn install(agent: NodeAgent, cache: &CacheDirs) -> Result<Installed, AgentSetupError> {
     if let Some(dir) = AGENT_HANDLERS.installed(cache, agent.name) {
         tracing::debug!(agent = agent.name, dir = %dir.display(), "agent already installed");
         return Ok(Installed { dir, fresh: false });
     }
-    let npm = crate::handler_host::find_program("npm")
-        .ok_or(AgentSetupError::NoNpm { agent: agent.name })?;
+    let npm = find_program("npm").ok_or(AgentSetupError::NoNpm { agent: agent.name })?;
     let started = Instant::now();
     tracing::info!(
         agent = agent.name,
@@ -180,7 +182,7 @@ pub fn install(agent: NodeAgent, cache: &CacheDirs) -> Result<Installed, AgentSe
 
 /// Finds `node` and checks its version against the agent's minimum.
 fn check_node(agent: NodeAgent) -> Result<PathBuf, AgentSetupError> {
-    let node = crate::handler_host::find_program("node").ok_or(AgentSetupError::NoNode {
+    let node = find_program("node").ok_or(AgentSetupError::NoNode {
         agent: agent.name,
         min: agent.min_node_major,
     })?;
@@ -281,83 +283,4 @@ fn forward_lines<R: std::io::Read + Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn embedded_json(path: &str) -> serde_json::Value {
-        let file = AGENT_HANDLERS
-            .file(path)
-            .unwrap_or_else(|| panic!("{path} is not embedded"));
-        serde_json::from_slice(file.contents).unwrap()
-    }
-
-    #[test]
-    fn each_agent_is_embedded_with_its_lockfile_and_the_node_sdk() {
-        for agent in NODE_AGENTS {
-            let dir = format!("handlers/{}", agent.name);
-            assert!(AGENT_HANDLERS.file(&format!("{dir}/{ENTRY}")).is_some());
-            let package = embedded_json(&format!("{dir}/package.json"));
-            let lock = embedded_json(&format!("{dir}/package-lock.json"));
-            // `npm ci` refuses a lockfile out of step with package.json.
-            assert_eq!(
-                lock["packages"][""]["dependencies"], package["dependencies"],
-                "{dir}: regenerate package-lock.json (npm install --package-lock-only)"
-            );
-            assert_eq!(
-                package["dependencies"]["runtimeuse-handler"], "file:../sdk/node",
-                "{dir}"
-            );
-        }
-        let sdk = embedded_json("handlers/sdk/node/package.json");
-        assert_eq!(sdk["name"], "runtimeuse-handler");
-    }
-
-    #[test]
-    fn nothing_installed_or_hidden_is_embedded() {
-        for file in AGENT_HANDLERS.files {
-            assert!(
-                !file
-                    .path
-                    .split('/')
-                    .any(|part| part == "node_modules" || part.starts_with('.')),
-                "{}",
-                file.path
-            );
-        }
-    }
-
-    #[test]
-    fn node_versions() {
-        assert_eq!(node_major("v20.20.2"), Some(20));
-        assert_eq!(node_major("v18.0.0"), Some(18));
-        assert_eq!(node_major("20.1.0"), None);
-        assert_eq!(node_major(""), None);
-        assert_eq!(node_agent("claude").map(|a| a.min_node_major), Some(18));
-        assert_eq!(node_agent("echo"), None);
-    }
-
-    #[test]
-    fn node_errors_say_what_to_install_and_what_needs_no_node() {
-        let errors = [
-            AgentSetupError::NoNode {
-                agent: "openai",
-                min: 20,
-            },
-            AgentSetupError::OldNode {
-                agent: "openai",
-                min: 20,
-                node: "/usr/bin/node".into(),
-                found: "version v16.20.0".into(),
-            },
-            AgentSetupError::NoNpm { agent: "claude" },
-        ];
-        for error in errors {
-            let text = error.to_string();
-            assert!(
-                text.contains("--agent echo and --handler PATH need no Node"),
-                "{text}"
-            );
-            assert!(text.contains("install"), "{text}");
-        }
-    }
-}
+mod tests;
