@@ -39,7 +39,7 @@ pub(crate) struct NodeAgent {
 /// The Node agents, in `install-agent all` order. The OpenAI Agents SDK's
 /// `openai` client declares Node >= 22 but runs on 20 (tested); the Claude
 /// Agent SDK declares >= 18.
-pub(crate) const NODE_AGENTS: &[NodeAgent] = &[
+const NODE_AGENTS: &[NodeAgent] = &[
     NodeAgent {
         name: "openai",
         min_node_major: 20,
@@ -148,7 +148,7 @@ pub(crate) fn install_named(
 }
 
 /// Installs `agent` into the cache unless it is there already.
-pub(crate) fn install(agent: NodeAgent, cache: &CacheDirs) -> Result<Installed, AgentSetupError> {
+fn install(agent: NodeAgent, cache: &CacheDirs) -> Result<Installed, AgentSetupError> {
     if let Some(dir) = AGENT_HANDLERS.installed(cache, agent.name) {
         tracing::debug!(agent = agent.name, dir = %dir.display(), "agent already installed");
         return Ok(Installed { dir, fresh: false });

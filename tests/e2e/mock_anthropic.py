@@ -15,10 +15,9 @@ naming it, so a handler that lost it fails loudly.
 
 from __future__ import annotations
 
-import itertools
 import json
 
-from mock_model_server import Directive, MockModelServer, chunks
+from mock_model_server import Directive, MockModelServer, chunks, first_user_text
 
 SHELL_TOOL = "Bash"
 STRUCTURED_TOOL = "StructuredOutput"
@@ -34,10 +33,7 @@ def _texts(content) -> list[str]:
 
 def user_prompt(body: dict) -> str:
     """The text of the conversation's first user message."""
-    for message in body.get("messages") or []:
-        if message.get("role") == "user":
-            return "\n".join(_texts(message.get("content")))
-    return ""
+    return first_user_text(body.get("messages"), _texts)
 
 
 def tool_results(body: dict) -> list[str]:
@@ -60,35 +56,25 @@ def tool_names(body: dict) -> list[str]:
 class MockAnthropic(MockModelServer):
     """`ANTHROPIC_BASE_URL` is `self.url`."""
 
-    def __init__(self):
-        super().__init__()
-        self._ids = itertools.count(1)
+    endpoint = "/v1/messages"
+    request_id_header = "request-id"
 
-    def messages(self):
-        return self.posts("/v1/messages")
+    def user_prompt(self, body: dict) -> str:
+        return user_prompt(body)
 
-    def reply(self, handler, body):
-        if handler.path.split("?")[0].rstrip("/") != "/v1/messages" or not isinstance(body, dict):
-            handler.send_json(404, _error(f"mock: no such endpoint {handler.path}", "not_found_error"))
-            return
-        directive = Directive.find(user_prompt(body))
-        if directive.kind == "ERROR":
-            status, message = directive.error()
-            handler.send_json(status, _error(message, "invalid_request_error"), [("request-id", "req_mock")])
-            return
+    def error_body(self, message: str, kind: str) -> dict:
+        return {"type": "error", "error": {"type": kind, "message": message}}
+
+    def answer(self, handler, body: dict, directive: Directive):
         needed = {"SHELL": SHELL_TOOL, "JSON": STRUCTURED_TOOL}.get(directive.kind)
         if needed and not tool_results(body) and needed not in tool_names(body):
-            handler.send_json(500, _error(f"mock: the request has no tool {needed!r}", "api_error"))
+            handler.send_json(500, self.error_body(f"mock: the request has no tool {needed!r}", "api_error"))
             return
         message = Message(self, handler, body)
         if not body.get("stream"):
             handler.send_json(200, message.whole("ok"))
             return
         message.stream(directive)
-
-
-def _error(message: str, kind: str) -> dict:
-    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 class Message:
@@ -98,7 +84,7 @@ class Message:
         self.server = server
         self.handler = handler
         self.body = body
-        n = next(server._ids)
+        n = next(server.ids)
         self.id = f"msg_mock{n}"
         self.tool_use_id = f"toolu_mock{n}"
         self.model = body.get("model") or ""

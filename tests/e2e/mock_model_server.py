@@ -21,6 +21,7 @@ own wire formats, exactly as the real APIs stream them.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import threading
@@ -60,14 +61,22 @@ class Recorded:
 
 
 class MockModelServer:
-    """Base of the vendor mocks. Subclasses implement `reply(handler, body)`.
+    """Base of the vendor mocks: serves POST `endpoint`, answers `MOCK:ERROR`
+    with the vendor's `error_body`, and leaves every other directive to the
+    vendor's `answer(handler, body, directive)`.
 
     `wait_hanging(n)` returns once `n` `MOCK:HANG` replies have started,
     `wait_released(n)` once `n` of their clients closed the connection:
     together they show a cancel really reached the model request.
     """
 
+    #: The POST path the vendor's API serves (query string ignored).
+    endpoint = ""
+    #: The response header carrying a request id, as the vendor names it.
+    request_id_header = ""
+
     def __init__(self):
+        self.ids = itertools.count(1)
         self.requests: list[Recorded] = []
         self._hangs = {"started": 0, "released": 0}
         self._hang_change = threading.Condition()
@@ -161,13 +170,40 @@ class MockModelServer:
     def wait_released(self, count: int = 1, timeout: float = 10) -> bool:
         return self._wait_hangs("released", count, timeout)
 
-    def reply(self, handler, body):  # pragma: no cover - subclasses
+    def reply(self, handler, body):
+        if handler.path.split("?")[0].rstrip("/") != self.endpoint or not isinstance(body, dict):
+            handler.send_json(404, self.error_body(f"mock: no such endpoint {handler.path}", "not_found_error"))
+            return
+        directive = Directive.find(self.user_prompt(body))
+        if directive.kind == "ERROR":
+            status, message = directive.error()
+            headers = [(self.request_id_header, "req_mock")]
+            handler.send_json(status, self.error_body(message, "invalid_request_error"), headers)
+            return
+        self.answer(handler, body, directive)
+
+    def user_prompt(self, body: dict) -> str:  # pragma: no cover - vendors
+        raise NotImplementedError
+
+    def error_body(self, message: str, kind: str) -> dict:  # pragma: no cover - vendors
+        raise NotImplementedError
+
+    def answer(self, handler, body: dict, directive: Directive):  # pragma: no cover - vendors
         raise NotImplementedError
 
     def close(self):
         self._closing.set()
         self._server.shutdown()
         self._server.server_close()
+
+
+def first_user_text(items, texts) -> str:
+    """The text of the first item with role `user` (a message in either
+    vendor's format), its content read by `texts`."""
+    for item in items or []:
+        if isinstance(item, dict) and item.get("role") == "user":
+            return "\n".join(texts(item.get("content")))
+    return ""
 
 
 def chunks(text: str) -> list[str]:

@@ -17,7 +17,7 @@ import itertools
 import json
 import time
 
-from mock_model_server import Directive, MockModelServer, chunks
+from mock_model_server import Directive, MockModelServer, chunks, first_user_text
 
 SHELL_TOOL = "shell"
 
@@ -42,10 +42,7 @@ def user_prompt(body: dict) -> str:
     items = body.get("input")
     if isinstance(items, str):
         return items
-    for item in items or []:
-        if item.get("role") == "user":
-            return "\n".join(_texts(item.get("content")))
-    return ""
+    return first_user_text(items, _texts)
 
 
 def tool_outputs(body: dict) -> list[str]:
@@ -59,37 +56,27 @@ def tool_outputs(body: dict) -> list[str]:
 
 
 class MockOpenAI(MockModelServer):
-    """`OPENAI_BASE_URL` is `self.url + "/v1"`."""
+    """`OPENAI_BASE_URL` is `self.base_url`."""
 
-    def __init__(self):
-        super().__init__()
-        self._ids = itertools.count(1)
+    endpoint = "/v1/responses"
+    request_id_header = "x-request-id"
 
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def responses(self):
-        return self.posts("/v1/responses")
+    def user_prompt(self, body: dict) -> str:
+        return user_prompt(body)
 
-    def reply(self, handler, body):
-        if handler.path.rstrip("/") != "/v1/responses" or not isinstance(body, dict):
-            handler.send_json(404, _error(f"mock: no such endpoint {handler.path}", "not_found"))
-            return
-        directive = Directive.find(user_prompt(body))
-        if directive.kind == "ERROR":
-            status, message = directive.error()
-            handler.send_json(status, _error(message, "invalid_request_error"), [("x-request-id", "req_mock")])
-            return
+    def error_body(self, message: str, kind: str) -> dict:
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+    def answer(self, handler, body: dict, directive: Directive):
         offered = any(t.get("type") == "function" and t.get("name") == SHELL_TOOL for t in body.get("tools") or [])
         if directive.kind == "SHELL" and not tool_outputs(body) and not offered:
-            handler.send_json(500, _error(f"mock: the request has no function tool {SHELL_TOOL!r}", "server_error"))
+            handler.send_json(500, self.error_body(f"mock: the request has no function tool {SHELL_TOOL!r}", "server_error"))
             return
         Stream(self, handler, body).send(directive)
-
-
-def _error(message: str, kind: str) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
 class Stream:
@@ -100,7 +87,7 @@ class Stream:
         self.handler = handler
         self.body = body
         self.seq = itertools.count()
-        n = next(server._ids)
+        n = next(server.ids)
         self.response = {
             "id": f"resp_mock{n}",
             "object": "response",
