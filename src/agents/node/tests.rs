@@ -23,6 +23,9 @@ fn each_agent_is_embedded_with_its_lockfile_and_the_node_sdk() {
             package["dependencies"]["runtimeuse-handler"], "file:../sdk/node",
             "{dir}"
         );
+        // The start-up check and the package say the same.
+        let engines = format!(">={}", agent.min_node_major);
+        assert_eq!(package["engines"]["node"], engines.as_str(), "{dir}");
     }
     let sdk = embedded_json("handlers/sdk/node/package.json");
     assert_eq!(sdk["name"], "runtimeuse-handler");
