@@ -35,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from agent_rig import api_env, mock_for, query_options
-from conftest import free_port
+from helpers import free_port
 from runtimeuse_client import CancelledException, RuntimeUseClient
 
 BIN = str(ROOT / "target" / "release" / "runtimeuse")

@@ -22,6 +22,8 @@ use hyper::header::{AUTHORIZATION, HeaderMap};
 use hyper::http::Uri;
 use ring::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
 
+use crate::urls::{escapes_are_well_formed, percent_decode};
+
 /// Body of the 401 answer to an upgrade without a valid token.
 pub(crate) const UNAUTHORIZED_BODY: &str = "runtimeuse: missing or wrong token\n";
 
@@ -117,30 +119,11 @@ fn authorization_credential(value: &[u8]) -> Option<Vec<u8>> {
 fn query_tokens(query: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
     query.split('&').filter_map(|pair| {
         let (name, value) = pair.split_once('=')?;
-        if percent_decode(name)? != QUERY_PARAM.as_bytes() {
+        if !escapes_are_well_formed(pair) || percent_decode(name) != QUERY_PARAM.as_bytes() {
             return None;
         }
-        percent_decode(value)
+        Some(percent_decode(value))
     })
-}
-
-/// RFC 3986 percent-decoding (`+` stays a plus: tokens are often base64).
-fn percent_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

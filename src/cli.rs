@@ -332,4 +332,20 @@ mod tests {
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(15));
     }
+
+    /// `Config::default()` is the one source of truth: the flags' defaults
+    /// must give exactly it, every field (a new field fails here until
+    /// its flag agrees).
+    #[test]
+    fn flag_defaults_are_config_defaults() {
+        let set: Vec<String> = std::env::vars()
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with("RUNTIMEUSE_") && name != "RUNTIMEUSE_LOG")
+            .collect();
+        assert!(set.is_empty(), "unset {set:?} to compare the defaults");
+        assert_eq!(
+            Cli::parse_from(["runtimeuse"]).into_config(),
+            Config::default()
+        );
+    }
 }

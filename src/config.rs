@@ -57,7 +57,7 @@ impl From<&str> for Secret {
 /// Everything a server needs; `Default` is the CLI's defaults.
 ///
 /// Deriving `Debug` is safe: the token is a [`Secret`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveError, ArchiveKind, ArchiveLimits};
-use crate::http::{HttpClient, HttpError, display_url, percent_decode, validate_url};
+use crate::http::{HttpClient, HttpError};
+use crate::urls::{display_url, parse_http_url, percent_decode};
 use crate::wire::Downloadable;
 
 /// Why a download did not happen. The Display text goes to the client (after
@@ -108,7 +109,7 @@ async fn download_one(
         url: display_url(url),
         reason,
     };
-    validate_url(url).map_err(|e| fail(e.into()))?;
+    parse_http_url(url).map_err(|e| fail(HttpError::from(e).into()))?;
     let name = file_name_from_url(url).map_err(|e| fail(DownloadFailure::FileName(e)))?;
     if item.working_dir.is_empty() {
         return Err(fail(DownloadFailure::NoWorkingDir));
@@ -166,12 +167,12 @@ async fn download_one(
 /// The file name a URL is saved under: the last segment of its path,
 /// percent-decoded. Refuses names that could land outside `working_dir`.
 pub(crate) fn file_name_from_url(url: &str) -> Result<OsString, String> {
-    let url = url.trim();
-    let url = &url[..url.find(['?', '#']).unwrap_or(url.len())];
-    let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
-    let path = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
-    let segment = &path[path.rfind('/').map_or(0, |i| i + 1)..];
-    let decoded = percent_decode(segment.as_bytes());
+    let url = parse_http_url(url).map_err(|e| e.to_string())?;
+    let segment = url
+        .path_segments()
+        .and_then(|mut segments| segments.next_back())
+        .unwrap_or("");
+    let decoded = percent_decode(segment);
     let shown = String::from_utf8_lossy(&decoded).into_owned();
     if decoded.is_empty() {
         return Err("the URL path does not end in a file name".into());

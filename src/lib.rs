@@ -47,6 +47,10 @@ mod server;
 mod session;
 mod text;
 mod tls;
+mod urls;
+
+#[cfg(test)]
+mod testing;
 mod wire;
 
 pub use config::{AgentSource, Config, Secret, TlsFiles};

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::upload::scrub_url;
 use super::*;
+use crate::testing::eventually;
 
 /// What the fake uploader received.
 #[derive(Debug, Clone)]
@@ -143,14 +144,6 @@ fn append(path: &Path, bytes: &[u8]) {
     file.write_all(bytes).unwrap();
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn new_file_is_announced_once_with_name_and_absolute_path() {
     let h = Harness::new();
@@ -166,7 +159,7 @@ async fn new_file_is_announced_once_with_name_and_absolute_path() {
     assert_eq!(report.timed_out, 0);
     assert_eq!(
         *h.announced.lock().unwrap(),
-        vec![("report.txt".to_string(), file.to_str().unwrap().to_string())]
+        vec![("report.txt".to_owned(), file.to_str().unwrap().to_owned())]
     );
     let up = &h.uploaded()[0];
     assert_eq!(up.path, file);
@@ -185,7 +178,7 @@ async fn file_written_without_closing_is_announced_once_stable() {
     open.write_all(b"still open").unwrap();
     open.flush().unwrap();
     eventually("the announcement", || h.announced_count() == 1).await;
-    assert_eq!(h.names(), BTreeSet::from(["live.log".to_string()]));
+    assert_eq!(h.names(), BTreeSet::from(["live.log".to_owned()]));
     drop(open);
 }
 
@@ -301,8 +294,8 @@ async fn new_nested_dirs_and_repeated_names_are_separate_artifacts() {
         })
         .collect();
     let expected = BTreeSet::from([
-        a.to_str().unwrap().to_string(),
-        b.to_str().unwrap().to_string(),
+        a.to_str().unwrap().to_owned(),
+        b.to_str().unwrap().to_owned(),
     ]);
     assert_eq!(paths, expected);
     let mut bytes: Vec<Vec<u8>> = h.uploaded().into_iter().map(|u| u.bytes).collect();
@@ -323,7 +316,7 @@ async fn pinned_ignore_content_applies_and_is_replaced() {
     h.flush().await;
     assert_eq!(
         h.names(),
-        BTreeSet::from(["keep.txt".to_string(), "m.js".to_string()])
+        BTreeSet::from(["keep.txt".to_owned(), "m.js".to_owned()])
     );
     // A later request's content replaces the pin; files the old rules
     // hid (a.log) are part of the baseline, not announced.
@@ -333,11 +326,7 @@ async fn pinned_ignore_content_applies_and_is_replaced() {
     h.flush().await;
     assert_eq!(
         h.names(),
-        BTreeSet::from([
-            "keep.txt".to_string(),
-            "m.js".to_string(),
-            "b.log".to_string()
-        ])
+        BTreeSet::from(["keep.txt".to_owned(), "m.js".to_owned(), "b.log".to_owned()])
     );
 }
 
@@ -356,7 +345,7 @@ async fn artifactignore_file_applies_and_reloads() {
     h.flush().await;
     assert_eq!(
         h.names(),
-        BTreeSet::from(["y.txt".to_string(), "kept.js".to_string()])
+        BTreeSet::from(["y.txt".to_owned(), "kept.js".to_owned()])
     );
     // Edit the rules: the new rule applies, the ignore file itself is
     // never an artifact, and x.tmp (hidden until now) becomes one.
@@ -367,10 +356,10 @@ async fn artifactignore_file_applies_and_reloads() {
     assert_eq!(
         h.names(),
         BTreeSet::from([
-            "y.txt".to_string(),
-            "kept.js".to_string(),
-            "z.tmp".to_string(),
-            "x.tmp".to_string()
+            "y.txt".to_owned(),
+            "kept.js".to_owned(),
+            "z.tmp".to_owned(),
+            "x.tmp".to_owned()
         ])
     );
 }
@@ -398,7 +387,7 @@ async fn default_ignores_apply() {
     assert_eq!(report.announced, 2);
     assert_eq!(
         h.names(),
-        BTreeSet::from(["app.js".to_string(), ".env.local".to_string()])
+        BTreeSet::from(["app.js".to_owned(), ".env.local".to_owned()])
     );
 }
 
@@ -628,7 +617,7 @@ async fn symlinks_are_never_announced_or_uploaded() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = h.flush().await;
     assert_eq!((report.announced, report.uploaded), (1, 1));
-    assert_eq!(h.names(), BTreeSet::from(["real.txt".to_string()]));
+    assert_eq!(h.names(), BTreeSet::from(["real.txt".to_owned()]));
     // Even when asked directly.
     for path in [watched.join("passwd"), watched.join("linked/secret.txt")] {
         h.artifacts

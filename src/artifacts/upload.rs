@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::http::display_url;
+use crate::urls::display_url;
 
 use super::Inner;
 use super::rules::still_uploadable;

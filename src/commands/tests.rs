@@ -7,6 +7,8 @@ use tokio::time::{Instant, sleep, timeout};
 
 use super::output::{CHUNK_BYTES, Utf8Decoder};
 use super::*;
+use crate::process::group_alive;
+use crate::testing::{pgrep, unique};
 use crate::text::{ceil_boundary, floor_boundary, join_with_marker};
 use crate::wire::OutboundMessage;
 
@@ -117,44 +119,6 @@ fn joined(got: &[Output], stream: Stream) -> String {
         .filter(|o| o.stream == stream)
         .map(|o| o.text.as_str())
         .collect()
-}
-
-/// Members of a process group that are alive (zombies left to a
-/// non-reaping init do not count: they hold nothing and run nothing).
-fn live_members(pgid: u32) -> Vec<u32> {
-    let mut live = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...; comm may contain spaces.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let pid = head.split_whitespace().next().unwrap().parse().unwrap();
-        if fields[2] == pgid.to_string() && fields[0] != "Z" && fields[0] != "X" {
-            live.push(pid);
-        }
-    }
-    live
-}
-
-fn pgrep(pattern: &str) -> bool {
-    std::process::Command::new("pgrep")
-        .args(["-f", pattern])
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{}-{nanos}", std::process::id())
 }
 
 #[test]
@@ -423,7 +387,7 @@ async fn cancel_kills_the_whole_tree() {
     let result = run.await;
     assert!(matches!(result, Err(CommandError::Cancelled)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(live_members(pgid), Vec::<u32>::new());
+    assert!(!group_alive(pgid), "group {pgid} is still alive");
     assert!(!pgrep(&marker), "the grandchild survived");
 }
 
@@ -449,7 +413,7 @@ async fn a_gone_client_kills_the_command() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(live_members(pgid), Vec::<u32>::new());
+    assert!(!group_alive(pgid), "group {pgid} is still alive");
 }
 
 #[tokio::test]
@@ -465,10 +429,7 @@ async fn a_background_job_holding_the_pipes_does_not_hang_the_command() {
     assert_eq!(outcome.exit_code, 0);
     // A completed command's background jobs keep running (servers).
     let pgid: u32 = outcome.stdout.trim().parse().unwrap();
-    assert!(
-        !live_members(pgid).is_empty(),
-        "the background job was killed"
-    );
+    assert!(group_alive(pgid), "the background job was killed");
     process::signal_group(pgid, Signal::SIGKILL);
 }
 
@@ -485,14 +446,11 @@ async fn cancel_after_the_shell_exited_kills_background_jobs() {
     assert!(timeout(Duration::from_millis(300), &mut run).await.is_err());
     let first = output(rx.recv().await.unwrap()).text;
     let pgid: u32 = first.lines().next().unwrap().parse().unwrap();
-    assert!(
-        !live_members(pgid).is_empty(),
-        "the background job is running"
-    );
+    assert!(group_alive(pgid), "the background job is running");
     rig.cancel.cancel();
     let (result, _) = drive(run, &mut rx).await;
     assert!(matches!(result, Err(CommandError::Cancelled)), "{result:?}");
-    assert_eq!(live_members(pgid), Vec::<u32>::new());
+    assert!(!group_alive(pgid), "group {pgid} is still alive");
 }
 
 #[test]

@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::archive::tests::{Item, tar_gz_bytes, zip_bytes};
-use crate::http::tests::{Reply, TestServer, fast_client, ok, status};
+use crate::http::tests::fast_client;
+use crate::testing::http_server::{Reply, TestServer, ok, status};
 
 fn item(url: String, dir: &Path) -> Downloadable {
     Downloadable {

@@ -151,14 +151,11 @@ pub(crate) struct Violation {
 impl HandlerMessage {
     /// Reads a handler's JSON object into a message.
     pub(crate) fn parse(mut map: Map<String, Value>) -> Result<Self, Violation> {
-        let kind = match map.remove("type") {
-            Some(Value::String(kind)) => kind,
-            _ => {
-                return Err(violation(
-                    "wrote a message without a string \"type\"",
-                    false,
-                ));
-            }
+        let Some(Value::String(kind)) = map.remove("type") else {
+            return Err(violation(
+                "wrote a message without a string \"type\"",
+                false,
+            ));
         };
         match kind.as_str() {
             "assistant" => assistant_blocks(&map)

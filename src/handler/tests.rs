@@ -4,8 +4,8 @@ use super::*;
 use crate::agents::ECHO_SUBCOMMAND;
 use crate::config::AgentSource;
 use crate::outbox::Outbox;
-use crate::process;
 use crate::redact::Redactor;
+use crate::testing::{wait_group_gone, wait_pid_gone};
 use crate::wire::OutboundMessage;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
@@ -208,24 +208,6 @@ fn assistant_texts(msgs: &[OutboundMessage]) -> Vec<String> {
         .collect()
 }
 
-async fn wait_gone(pgid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while process::group_alive(pgid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(!process::group_alive(pgid), "group {pgid} is still alive");
-}
-
-async fn wait_pid_gone(pid: u32) {
-    let alive = || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
-    assert!(pid > 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(!alive(), "process {pid} survived");
-}
-
 #[tokio::test]
 async fn text_result_with_metadata() {
     let mut f = Fixture::python();
@@ -300,7 +282,7 @@ async fn error_then_crash_is_one_error_and_the_next_invoke_works() {
     let second = f.pid_via_prompt().await;
     assert_ne!(first, second, "a fresh handler was started");
     assert!(f.sent().is_empty());
-    wait_gone(first).await;
+    wait_group_gone(first).await;
 }
 
 #[tokio::test]
@@ -374,7 +356,7 @@ async fn garbage_line_fails_quoting_it_and_the_next_invoke_works() {
         "{msg}"
     );
     assert_eq!(f.host.pid(), None);
-    wait_gone(pid).await;
+    wait_group_gone(pid).await;
     assert_ne!(f.pid_via_prompt().await, pid);
 }
 
@@ -441,7 +423,7 @@ async fn warm_process_is_reused_across_invocations() {
     }
     assert_eq!(f.pid_via_prompt().await, pid);
     f.host.shutdown(Duration::from_secs(1)).await;
-    wait_gone(pid).await;
+    wait_group_gone(pid).await;
 }
 
 #[tokio::test]
@@ -505,7 +487,7 @@ async fn shutdown_leaves_nothing_running() {
     let pid = f.host.pid().unwrap();
     f.host.shutdown(Duration::from_millis(500)).await;
     assert_eq!(f.host.pid(), None);
-    wait_gone(pid).await;
+    wait_group_gone(pid).await;
     wait_pid_gone(grandchild).await;
 }
 
@@ -515,7 +497,7 @@ async fn dropping_the_host_kills_the_handler() {
     let grandchild: u32 = text_of(f.run("grandchild").await).parse().unwrap();
     let pid = f.host.pid().unwrap();
     drop(f);
-    wait_gone(pid).await;
+    wait_group_gone(pid).await;
     wait_pid_gone(grandchild).await;
 }
 

@@ -1,233 +1,13 @@
-use super::*;
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
-use std::sync::Mutex;
+
+use reqwest::StatusCode;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
-/// A request as the fixture server saw it.
-#[derive(Debug, Clone)]
-pub(crate) struct SeenRequest {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) headers: HashMap<String, String>,
-    pub(crate) body: Vec<u8>,
-}
-
-/// What the fixture server answers.
-pub(crate) enum Reply {
-    /// Raw response bytes, then close.
-    Raw(Vec<u8>),
-    /// Raw bytes, then hang until the test ends.
-    Stall(Vec<u8>),
-    /// 200 with `len` bytes of [`pattern`].
-    Pattern(u64),
-}
-
-pub(crate) fn ok(body: &[u8]) -> Reply {
-    let mut raw = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(body);
-    Reply::Raw(raw)
-}
-
-pub(crate) fn status(code: u16, reason: &str) -> Reply {
-    Reply::Raw(
-        format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .into_bytes(),
-    )
-}
-
-pub(crate) fn redirect(code: u16, location: &str) -> Reply {
-    Reply::Raw(
-        format!(
-            "HTTP/1.1 {code} Moved\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .into_bytes(),
-    )
-}
-
-/// Deterministic test bytes: chunk `offset..offset+len` of an endless stream.
-pub(crate) fn pattern(offset: u64, len: usize) -> Vec<u8> {
-    // A prime-sized block repeated, so chunk boundaries never line up
-    // with it; copying slices keeps 50 MB cheap even in debug builds.
-    const BLOCK: usize = 65_521;
-    static DATA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let data = DATA.get_or_init(|| {
-        let block: Vec<u8> = (0..BLOCK as u64)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        block.repeat(2)
-    });
-    let mut out = Vec::with_capacity(len);
-    let mut at = (offset % BLOCK as u64) as usize;
-    while out.len() < len {
-        let n = (len - out.len()).min(BLOCK);
-        out.extend_from_slice(&data[at..at + n]);
-        at = (at + n) % BLOCK;
-    }
-    out
-}
-
-type Handler = dyn Fn(&SeenRequest, usize) -> Reply + Send + Sync;
-
-/// A canned-response HTTP/1.1 server on 127.0.0.1; stops when dropped.
-pub(crate) struct TestServer {
-    pub(crate) addr: std::net::SocketAddr,
-    pub(crate) requests: Arc<Mutex<Vec<SeenRequest>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TestServer {
-    pub(crate) async fn start(
-        handler: impl Fn(&SeenRequest, usize) -> Reply + Send + Sync + 'static,
-    ) -> Self {
-        Self::start_with(None, handler).await
-    }
-
-    pub(crate) async fn start_with(
-        tls: Option<tokio_rustls::TlsAcceptor>,
-        handler: impl Fn(&SeenRequest, usize) -> Reply + Send + Sync + 'static,
-    ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(handler);
-        let seen = requests.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (handler, seen, tls) = (handler.clone(), seen.clone(), tls.clone());
-                connections.spawn(async move {
-                    match tls {
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(stream).await {
-                                serve_one(stream, &*handler, &seen).await;
-                            }
-                        }
-                        None => serve_one(stream, &*handler, &seen).await,
-                    }
-                });
-                while connections.try_join_next().is_some() {}
-            }
-        });
-        Self {
-            addr,
-            requests,
-            task,
-        }
-    }
-
-    pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.requests.lock().unwrap().len()
-    }
-
-    /// The request targets (path and query) seen so far, in order.
-    pub(crate) fn paths(&self) -> Vec<String> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.path.clone())
-            .collect()
-    }
-}
-
-async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    handler: &Handler,
-    seen: &Mutex<Vec<SeenRequest>>,
-) {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > 64 * 1024 {
-            return;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or("").split(' ');
-    let method = request_line.next().unwrap_or("").to_owned();
-    let path = request_line.next().unwrap_or("").to_owned();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < len {
-        let mut chunk = vec![0u8; 64 * 1024];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let request = SeenRequest {
-        method,
-        path,
-        headers,
-        body,
-    };
-    let index = {
-        let mut seen = seen.lock().unwrap();
-        seen.push(request.clone());
-        seen.len() - 1
-    };
-    match handler(&request, index) {
-        Reply::Raw(raw) => {
-            let _ = stream.write_all(&raw).await;
-            let _ = stream.shutdown().await;
-        }
-        Reply::Stall(raw) => {
-            let _ = stream.write_all(&raw).await;
-            let _ = stream.flush().await;
-            tokio::time::sleep(Duration::from_secs(120)).await;
-        }
-        Reply::Pattern(len) => {
-            let head =
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            let mut offset = 0;
-            while offset < len {
-                let n = (len - offset).min(256 * 1024) as usize;
-                if stream.write_all(&pattern(offset, n)).await.is_err() {
-                    return;
-                }
-                offset += n as u64;
-            }
-            let _ = stream.shutdown().await;
-        }
-    }
-}
+use super::*;
+use crate::testing::TestCert;
+use crate::testing::http_server::{
+    Reply, TestServer, ok, ok_keep_alive, pattern, redirect, status,
+};
 
 /// Options that keep retry tests fast.
 pub(crate) fn fast_options() -> HttpOptions {
@@ -625,113 +405,15 @@ async fn put_follows_307_with_the_body_and_303_as_get() {
     assert!(seen[2].body.is_empty());
 }
 
-#[test]
-fn display_url_hides_credentials() {
-    assert_eq!(
-        display_url("https://user:pw@bucket.s3.amazonaws.com/a/b.zip?X-Amz-Signature=s#frag"),
-        "https://bucket.s3.amazonaws.com/a/b.zip"
-    );
-    assert_eq!(display_url("http://h/x"), "http://h/x");
-    assert_eq!(display_url("http://h/p@q?x=@"), "http://h/p@q");
-    assert_eq!(display_url("not a url?secret"), "not a url");
-}
-
-#[test]
-fn targets_parse() {
-    let t = Target::parse("https://u:p%40ss@example.com:8443/a%20b?q=1#f").unwrap();
-    assert!(t.https);
-    assert_eq!(t.host, "example.com");
-    assert_eq!(t.port, 8443);
-    assert_eq!(t.host_header, "example.com:8443");
-    assert_eq!(t.path_and_query, "/a%20b?q=1");
-    assert_eq!(t.basic_auth.as_deref(), Some("Basic dTpwQHNz")); // u:p@ss
-    let t = Target::parse("HTTP://[::1]?x").unwrap();
-    assert_eq!((t.host.as_str(), t.port), ("::1", 80));
-    assert_eq!(t.path_and_query, "/?x");
-    let t = Target::parse("http://h/my file.txt").unwrap();
-    assert_eq!(t.path_and_query, "/my%20file.txt");
-    assert!(matches!(
-        Target::parse("http:///x"),
-        Err(HttpError::InvalidUrl(_))
-    ));
-}
-
-#[test]
-fn locations_resolve() {
-    let base = "https://h:1/a/b/c?q=1";
-    assert_eq!(resolve_location(base, "http://o/x").unwrap(), "http://o/x");
-    assert_eq!(resolve_location(base, "//o/x").unwrap(), "https://o/x");
-    assert_eq!(resolve_location(base, "/x?y").unwrap(), "https://h:1/x?y");
-    assert_eq!(resolve_location(base, "d").unwrap(), "https://h:1/a/b/d");
-    assert_eq!(
-        resolve_location(base, "../../../d").unwrap(),
-        "https://h:1/d"
-    );
-    assert_eq!(resolve_location(base, "?z").unwrap(), "https://h:1/a/b/c?z");
-    assert_eq!(resolve_location("http://h", "x").unwrap(), "http://h/x");
-    assert_eq!(resolve_location(base, ""), None);
-}
-
-#[test]
-fn base64_matches_rfc4648() {
-    for (input, expected) in [
-        ("", ""),
-        ("f", "Zg=="),
-        ("fo", "Zm8="),
-        ("foo", "Zm9v"),
-        ("foobar", "Zm9vYmFy"),
-    ] {
-        assert_eq!(base64(input.as_bytes()), expected);
-    }
-}
-
-/// Writes a self-signed certificate for 127.0.0.1/localhost with openssl.
-fn self_signed(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success());
-    (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())
-}
-
-fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> tokio_rustls::TlsAcceptor {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(cert_pem)
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
 #[tokio::test]
 async fn https_checks_certificates() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
-    let server =
-        TestServer::start_with(Some(tls_acceptor(&cert, &key)), |_, _| ok(b"secure")).await;
+    let cert = TestCert::localhost();
+    let server = TestServer::start_with(Some(cert.acceptor()), |_, _| ok(b"secure")).await;
     let url = format!("https://127.0.0.1:{}/s.txt", server.addr.port());
     let dest = dir.path().join("s.txt");
 
-    let trusting = HttpClient::new(fast_options(), Some(&cert)).unwrap();
+    let trusting = HttpClient::new(fast_options(), Some(cert.cert_pem.as_bytes())).unwrap();
     trusting.get_to_file(&url, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), b"secure");
     let by_name = format!("https://localhost:{}/s.txt", server.addr.port());
@@ -754,4 +436,87 @@ async fn https_checks_certificates() {
 fn bad_extra_roots_are_rejected() {
     let err = HttpClient::new(HttpOptions::default(), Some(b"not pem")).unwrap_err();
     assert!(matches!(err, HttpError::InvalidConfig(_)), "{err}");
+}
+
+#[tokio::test]
+async fn many_uploads_to_one_host_share_a_connection() {
+    let server = TestServer::start(|_, _| ok_keep_alive(b"")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = fast_client();
+    for i in 0..20 {
+        let path = dir.path().join(format!("artifact-{i}.txt"));
+        std::fs::write(&path, format!("artifact {i}")).unwrap();
+        client
+            .put_file(&server.url(&format!("/bucket/{i}")), &path, "text/plain")
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.count(), 20);
+    assert_eq!(
+        server.connections(),
+        1,
+        "every upload reused the first connection"
+    );
+    let seen = server.requests.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, r)| r.body == format!("artifact {i}").as_bytes())
+    );
+}
+
+/// An S3-style presigned URL: the signature covers the exact bytes of the
+/// path and query, so one re-encoded `%2F` or `+` makes the server refuse.
+const PRESIGNED: &str = "/bucket/dir%2Fkey%20name.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+    &X-Amz-Credential=AKIA%2F20260101%2Fus-east-1%2Fs3%2Faws4_request\
+    &X-Amz-SignedHeaders=host&x-id=a+b%2Bc&X-Amz-Signature=0f%3D%3d";
+
+#[tokio::test]
+async fn presigned_urls_reach_the_server_byte_for_byte() {
+    let server = TestServer::start(|_, _| ok(b"signed")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("up.txt");
+    std::fs::write(&path, b"x").unwrap();
+    let client = fast_client();
+    client
+        .put_file(&server.url(PRESIGNED), &path, "")
+        .await
+        .unwrap();
+    client
+        .get_to_file(&server.url(PRESIGNED), &dir.path().join("down"))
+        .await
+        .unwrap();
+    assert_eq!(server.paths(), [PRESIGNED, PRESIGNED]);
+}
+
+#[tokio::test]
+async fn url_credentials_become_basic_auth_and_leave_the_url() {
+    let server = TestServer::start(|_, _| ok(b"")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://us%40er:p%3Ass@{}/private", server.addr);
+    fast_client()
+        .get_to_file(&url, &dir.path().join("x"))
+        .await
+        .unwrap();
+    let seen = server.requests.lock().unwrap()[0].clone();
+    assert_eq!(seen.path, "/private");
+    // base64("us@er:p:ss")
+    assert_eq!(seen.headers["authorization"], "Basic dXNAZXI6cDpzcw==");
+}
+
+#[tokio::test]
+async fn errors_never_show_the_query() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = fast_client()
+        .get_to_file(
+            &format!("http://127.0.0.1:{port}/x?X-Amz-Signature=topsecret"),
+            &dir.path().join("x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("topsecret"), "{err:?}");
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::TestCert;
 use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -265,33 +266,10 @@ async fn empty_token_is_refused_at_startup() {
     assert!(err.to_string().contains("empty"), "{err}");
 }
 
-/// A self-signed certificate for localhost, made with `openssl`; `None`
-/// (the test is skipped) where there is no openssl.
-fn self_signed(dir: &std::path::Path) -> Option<crate::config::TlsFiles> {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(crate::config::TlsFiles { cert, key })
-}
-
 #[tokio::test]
 async fn slow_tls_handshake_neither_blocks_accept_nor_lingers() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(files) = self_signed(dir.path()) else {
-        eprintln!("skipped: no openssl to make a certificate");
-        return;
-    };
+    let files = TestCert::localhost().write_to(dir.path());
     let (addr, stop) = start(Config {
         tls: Some(files),
         handshake_timeout: Duration::from_secs(3),
@@ -315,10 +293,8 @@ async fn slow_tls_handshake_neither_blocks_accept_nor_lingers() {
 fn mismatched_certificate_and_key_fail_clearly() {
     let one = tempfile::tempdir().unwrap();
     let two = tempfile::tempdir().unwrap();
-    let (Some(a), Some(b)) = (self_signed(one.path()), self_signed(two.path())) else {
-        eprintln!("skipped: no openssl to make a certificate");
-        return;
-    };
+    let a = TestCert::localhost().write_to(one.path());
+    let b = TestCert::localhost().write_to(two.path());
     let mixed = crate::config::TlsFiles {
         cert: a.cert,
         key: b.key,

@@ -78,7 +78,7 @@ fn legacy_artifacts_dir_joins_the_list() {
         artifacts_dir: Some("/b".into()),
         artifacts_ignore_content: None,
     };
-    assert_eq!(opts.all_dirs(), vec!["/a".to_string(), "/b".to_string()]);
+    assert_eq!(opts.all_dirs(), vec!["/a".to_owned(), "/b".to_owned()]);
 }
 
 #[test]

@@ -1,9 +1,7 @@
-"""What the bundled-agent tests share: the agents installed once per test
+"""Helpers of the bundled-agent tests: the agents installed once per test
 run, a mock model API per test, and a runtime whose agents can reach
-nothing but loopback.
-
-Import the fixtures into a test module to use them
-(`from agent_rig import agent_cache, rig`).
+nothing but loopback. The fixtures over them (`agent_cache`,
+`cold_install`, `rig`) are in conftest.py.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ import pathlib
 import subprocess
 import time
 
-import pytest
-from conftest import BIN, run
+from helpers import BIN, run
 from mock_anthropic import MockAnthropic
 from mock_model_server import MockModelServer
 from mock_openai import MockOpenAI
@@ -92,32 +89,26 @@ def file_lock(path: pathlib.Path):
         yield
 
 
-@pytest.fixture(scope="session")
-def agent_cache(tmp_path_factory) -> pathlib.Path:
-    """A cache directory with both agents installed by `runtimeuse
-    install-agent all`, shared by the xdist workers of this run: the first
-    to take the lock installs into the empty directory and keeps a record
-    of that run (see `cold_install`)."""
-    shared = tmp_path_factory.getbasetemp().parent
+def install_shared_cache(shared: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """`shared/agent-cache` with both agents installed by `runtimeuse
+    install-agent all`, once for all the xdist workers of a run: the first
+    to take the lock installs into the empty directory and records how that
+    went (`returncode`, `stdout`, `stderr`, `seconds`)."""
     cache = shared / "agent-cache"
+    record = shared / "agent-cache-install.json"
     with file_lock(shared / "agent-cache.lock"):
-        record = shared / "agent-cache-install.json"
         if not record.exists():
             assert not cache.exists()
             started = time.monotonic()
             done = install_agents(cache)
-            seconds = time.monotonic() - started
-            record.write_text(json.dumps({"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "seconds": seconds}))
-        outcome = json.loads(record.read_text())
-        assert outcome["returncode"] == 0, outcome["stderr"][-3000:]
-    return cache
-
-
-@pytest.fixture(scope="session")
-def cold_install(agent_cache) -> dict:
-    """How this run's `install-agent all` into the empty `agent_cache` went:
-    `returncode`, `stdout`, `stderr`, `seconds`."""
-    return json.loads((agent_cache.parent / "agent-cache-install.json").read_text())
+            outcome = {
+                "returncode": done.returncode,
+                "stdout": done.stdout,
+                "stderr": done.stderr,
+                "seconds": time.monotonic() - started,
+            }
+            record.write_text(json.dumps(outcome))
+    return cache, json.loads(record.read_text())
 
 
 @dataclasses.dataclass
@@ -158,13 +149,14 @@ def start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, *args, env
     return start_runtime("--agent", agent, "--cache-dir", str(cache), *args, env=env, **kw)
 
 
-@pytest.fixture(params=AGENTS)
-def rig(request, agent_cache, start_runtime, tmp_path):
-    agent = request.param
+@contextlib.contextmanager
+def agent_rig(agent, cache, start_runtime, tmp_path):
+    """A `Rig` for `agent`: its mock API, and a warm runtime serving it from
+    `cache` whose agents' attempts to leave loopback fail the test."""
     mock = mock_for(agent)
     with refusing_proxy() as proxy:
         try:
-            runtime = start_agent_runtime(start_runtime, agent, agent_cache, tmp_path, proxy)
+            runtime = start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy)
             workdir = tmp_path / "work"
             workdir.mkdir()
             yield Rig(agent, mock, runtime, workdir)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-import pytest
 from runtimeuse_client import ArtifactUploadRequestMessageInterface, ArtifactUploadResult
 
 MiB = 1024 * 1024
@@ -87,9 +88,10 @@ class GeneratedBody:
 
 
 class HttpFixture:
-    """A threaded HTTP/1.1 server on 127.0.0.1:<ephemeral>."""
+    """A threaded HTTP/1.1 server on 127.0.0.1:<ephemeral>; HTTPS (at
+    `https://localhost:<port>`) when given `tls=(cert_file, key_file)`."""
 
-    def __init__(self):
+    def __init__(self, tls: tuple[str, str] | None = None):
         self._cond = threading.Condition()
         self._routes: dict[str, _Route] = {}
         self._put_routes: dict[str, _PutRoute] = {}
@@ -196,6 +198,12 @@ class HttpFixture:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.scheme, self.host = "http", "127.0.0.1"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme, self.host = "https", "localhost"
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-fixture", daemon=True)
         self._thread.start()
@@ -204,7 +212,7 @@ class HttpFixture:
     def url(self, path: str) -> str:
         if not path.startswith("/"):
             path = "/" + path
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def serve(self, path: str, body: bytes, status: int = 200, headers: dict | None = None) -> str:
         """GET `path` answers `status` with `body`. Returns the URL."""
@@ -281,11 +289,78 @@ class HttpFixture:
         self._thread.join(5)
 
 
-@pytest.fixture
-def http_server():
-    server = HttpFixture()
-    yield server
-    server.close()
+class ForwardProxy:
+    """An HTTP proxy on 127.0.0.1: `CONNECT host:port` opens a tunnel (what a
+    client does for `https://` through `HTTPS_PROXY`), and an absolute-form
+    request (`GET http://host:port/path`, for `http://` through `HTTP_PROXY`)
+    is forwarded in origin form. Every request line is kept in `seen`; only
+    loopback destinations are served."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.seen: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, name="forward-proxy", daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket):
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                piece = client.recv(65536)
+                if not piece:
+                    return
+                head += piece
+            line, _, rest = head.partition(b"\r\n")
+            method, target, version = line.decode("latin-1").split(" ", 2)
+            with self._cond:
+                self.seen.append(f"{method} {target}")
+                self._cond.notify_all()
+            if method == "CONNECT":
+                host, port = target.rsplit(":", 1)
+                upstream = self._connect(host, int(port))
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                extra = rest.partition(b"\r\n\r\n")[2]
+            else:
+                parts = urllib.parse.urlsplit(target)
+                upstream = self._connect(parts.hostname, parts.port or 80)
+                origin_form = parts.path + (f"?{parts.query}" if parts.query else "")
+                extra = f"{method} {origin_form} {version}\r\n".encode() + rest
+            with upstream:
+                upstream.sendall(extra)
+                self._pipe(client, upstream)
+
+    @staticmethod
+    def _connect(host: str, port: int) -> socket.socket:
+        assert host in ("127.0.0.1", "localhost"), f"the test proxy only reaches loopback, not {host}"
+        return socket.create_connection(("127.0.0.1", port))
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket):
+        def copy(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        back = threading.Thread(target=copy, args=(b, a), daemon=True)
+        back.start()
+        copy(a, b)
+        back.join(30)
+
+    def close(self):
+        self._listener.close()
 
 
 class ArtifactSink:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures imported from agent_rig are test parameters)
 """Installing the bundled agents: on first start (before the port opens),
 with `runtimeuse install-agent`, and not at all on a warm start; and each
 start-up error, which must stop the runtime, non-zero, before the port
@@ -14,11 +13,9 @@ import shutil
 import subprocess
 
 import pytest
-from agent_rig import (  # noqa: F401 (fixtures are used by name)
+from agent_rig import (
     INSTALL_TIMEOUT,
-    agent_cache,
     api_env,
-    cold_install,
     install_agents,
     mock_for,
     query_options,
@@ -26,7 +23,7 @@ from agent_rig import (  # noqa: F401 (fixtures are used by name)
     refusing_proxy,
     start_agent_runtime,
 )
-from conftest import BIN, free_port, run
+from helpers import BIN, free_port, run
 from runtimeuse_client import RuntimeUseClient
 
 NODE = shutil.which("node")

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures imported from agent_rig are test parameters)
 """The bundled agents, `--agent openai` (OpenAI Agents SDK) and `--agent
 claude` (Claude Agent SDK, Claude Code), through the real runtime and the
 real client, against mock model APIs on 127.0.0.1 that stream what the real
@@ -12,17 +11,15 @@ import json
 import time
 
 import pytest
-from agent_rig import (  # noqa: F401 (fixtures are used by name)
-    agent_cache,
+from agent_rig import (
     api_env,
     key_variable,
     mock_for,
     query_options,
     refusing_proxy,
-    rig,
     start_agent_runtime,
 )
-from conftest import pgrep, run, unique, wait_until
+from helpers import pgrep, run, unique, wait_until
 from net_guard import SyscallGuard, outside_loopback
 from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
 

@@ -16,8 +16,8 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import command_execution, of_type, qopts, raw_connect, run, terminal_of, wait_until
-from http_fixtures import ArtifactSink, http_server  # noqa: F401 (fixture)
+from helpers import command_execution, of_type, qopts, raw_connect, run, terminal_of, wait_until
+from http_fixtures import ArtifactSink
 
 BINARY = bytes(range(256)) * 40 + b"\r\n\x00end"
 

@@ -15,7 +15,7 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import (
+from helpers import (
     HeartbeatSeen,
     command_execution,
     invocation,

@@ -8,7 +8,7 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import OMITTED_RE, command_execution, execute, of_type, qopts, raw_connect, run, terminal_of
+from helpers import OMITTED_RE, command_execution, execute, of_type, qopts, raw_connect, run, terminal_of
 
 MIB = 1024 * 1024
 
@@ -179,7 +179,7 @@ def test_several_large_outputs_in_one_request(echo_runtime):
     cmds = [f"head -c {MIB} /dev/zero | tr '\\0' {ch}" for ch in "cdefg"]
     result = execute(echo_runtime.url, cmds)
     assert [r.exit_code for r in result.results] == [0] * 5
-    for r, ch in zip(result.results, "cdefg"):
+    for r, ch in zip(result.results, "cdefg", strict=True):
         assert r.stdout.startswith(ch) and OMITTED_RE.search(r.stdout)
 
 

@@ -12,12 +12,14 @@ from runtimeuse_client import (
     AgentRuntimeError,
     CommandInterface,
     ExecuteCommandsOptions,
-    RuntimeEnvironmentDownloadableInterface as Downloadable,
     RuntimeUseClient,
 )
+from runtimeuse_client import (
+    RuntimeEnvironmentDownloadableInterface as Downloadable,
+)
 
-from conftest import qopts, run
-from http_fixtures import MiB, GeneratedBody, RssSampler, http_server  # noqa: F401 (fixture)
+from helpers import qopts, run
+from http_fixtures import GeneratedBody, MiB, RssSampler
 
 BINARY = bytes(range(256)) * 64 + b"\x00\xff tail"
 

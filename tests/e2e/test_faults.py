@@ -22,7 +22,7 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import command_execution, free_port, pgrep, raw_connect, run, wait_until
+from helpers import command_execution, free_port, pgrep, raw_connect, run, wait_until
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import time
 import pytest
 from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
 
-from conftest import (
+from helpers import (
     BIN,
     free_port,
     invocation,

@@ -6,7 +6,7 @@ import json
 import pytest
 import websockets
 
-from conftest import run
+from helpers import run
 
 CLIENT_MAX_SIZE = 2**20  # what runtimeuse-client accepts
 
@@ -173,8 +173,7 @@ def test_hostile_input_quoting_a_known_secret_is_redacted_in_reply_and_log(echo_
 def test_secrets_that_spell_protocol_names_do_not_break_the_client(echo_runtime):
     """Secrets like `message`, `type` or `text` are redacted from content
     only, never from field names and tags the client parses."""
-    from runtimeuse_client import (CommandInterface, ExecuteCommandsOptions, QueryOptions,
-                                   RuntimeUseClient)
+    from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, QueryOptions, RuntimeUseClient
 
     secrets = ["message", "type", "text", "result", "stdout", "data"]
 

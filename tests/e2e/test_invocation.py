@@ -6,7 +6,7 @@ import time
 import pytest
 from runtimeuse_client import AgentRuntimeError, RuntimeUseClient
 
-from conftest import qopts, run
+from helpers import qopts, run
 
 
 def query(url, prompt, **kw):

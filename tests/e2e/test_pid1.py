@@ -11,7 +11,7 @@ import time
 import pytest
 from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, RuntimeUseClient
 
-from conftest import BIN, free_port, run
+from helpers import BIN, free_port, run
 
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]
 

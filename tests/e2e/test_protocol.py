@@ -8,7 +8,7 @@ import pytest
 import websockets
 from runtimeuse_client import RuntimeUseClient
 
-from conftest import command_execution, invocation, of_type, qopts, raw_connect, run, terminal_of
+from helpers import command_execution, invocation, of_type, qopts, raw_connect, run, terminal_of
 
 
 def test_health(echo_runtime):

@@ -9,7 +9,7 @@ from runtimeuse_client import CommandInterface, RuntimeEnvironmentDownloadableIn
 from runtimeuse_client.client import _build_command_execution, _build_invocation
 from runtimeuse_client.types import ExecuteCommandsOptions, QueryOptions
 
-from conftest import ROOT, command_execution, invocation, raw_connect, run
+from helpers import ROOT, command_execution, invocation, raw_connect, run
 
 SCHEMAS = ROOT / "protocol" / "schemas"
 

@@ -10,7 +10,7 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import execute, command_execution, invocation, qopts, raw_connect, run
+from helpers import command_execution, execute, invocation, qopts, raw_connect, run
 
 R = "[REDACTED]"
 

@@ -11,7 +11,7 @@ from runtimeuse_client import (
     RuntimeUseClient,
 )
 
-from conftest import command_execution, invocation, of_type, qopts, raw_connect, run, terminal_of
+from helpers import command_execution, invocation, of_type, qopts, raw_connect, run, terminal_of
 
 
 def cmd(text, **kw):
@@ -42,10 +42,10 @@ def test_callbacks_only_see_their_own_request(echo_runtime):
             for round_ in range(3):
                 assistant, output = [], []
 
-                async def on_assistant(m):
+                async def on_assistant(m, assistant=assistant):
                     assistant.append(m.text_blocks)
 
-                async def on_output(m):
+                async def on_output(m, output=output):
                     output.append(m.text)
 
                 r = await s.query(f"STREAM:{round_ + 2}", qopts(on_assistant_message=on_assistant, on_command_output=on_output))
