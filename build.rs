@@ -16,10 +16,21 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// `(static name, roots)`: the trees the runtime embeds.
-const TREES: &[(&str, &[&str])] = &[(
-    "AGENT_HANDLERS",
-    &["handlers/openai", "handlers/claude", "handlers/sdk/node"],
-)];
+const TREES: &[(&str, &[&str])] = &[
+    (
+        "AGENT_HANDLERS",
+        &["handlers/openai", "handlers/claude", "handlers/sdk/node"],
+    ),
+    // What `--handler PATH` handlers import (src/handler/sdks.rs).
+    (
+        "HANDLER_SDKS",
+        &[
+            "handlers/sdk/node",
+            "handlers/sdk/python",
+            "handlers/sdk/go",
+        ],
+    ),
+];
 
 /// Directory and file names never embedded (dependencies installed in place,
 /// caches, the trees' own tests). Names starting with `.` are skipped too.

@@ -36,6 +36,7 @@ pub(crate) fn resolve(name: &str, cache: &CacheDirs) -> Result<HandlerCommand, H
                 program: exe,
                 args: vec![ECHO_SUBCOMMAND.to_owned()],
                 display: "echo (bundled)".to_owned(),
+                env: Vec::new(),
             })
         }
         other => Err(HandlerError::Failed(format!(

@@ -34,13 +34,16 @@ pub fn main() -> ExitCode {
         crate::agents::echo::run();
         return ExitCode::SUCCESS;
     }
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("check-handler")) {
+        return crate::check_handler::main(std::env::args_os().skip(2));
+    }
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(INSTALL_AGENT)) {
         let args = InstallAgentCli::parse_from(std::env::args_os().skip(1));
-        init_logging();
+        init_logging("info");
         return install_agent(args);
     }
     let config = Cli::parse().into_config();
-    init_logging();
+    init_logging("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -113,9 +116,10 @@ fn install_agent(args: InstallAgentCli) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr, redacted, at `RUNTIMEUSE_LOG` or else `default`.
+pub(crate) fn init_logging(default: &str) {
     let filter =
-        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::logging::RedactingStderr)
@@ -241,6 +245,7 @@ Examples:
   OPENAI_API_KEY=... runtimeuse        # the OpenAI handler (default) on port 8080
   runtimeuse --handler ./my_agent.py   # your own handler, any language
   runtimeuse install-agent all         # pre-install the openai and claude agents (image builds)
+  runtimeuse check-handler ./my_agent.py   # check a handler against the protocol (see --help)
 
 Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level.";
 
@@ -279,7 +284,7 @@ impl Cli {
 }
 
 /// Parses `15s`, `500ms`, `2m` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => text.split_at(i),

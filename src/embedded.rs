@@ -188,10 +188,6 @@ impl EmbeddedTree {
     }
 
     /// Unpacks the tree as is (variant `files`), unless it is in place.
-    #[allow(
-        dead_code,
-        reason = "the API for trees used as they are (the handler SDKs); the Node agents use install"
-    )]
     pub(crate) fn unpack(&self, cache: &CacheDirs) -> Result<Installed, InstallError> {
         self.install(cache, "files", |_| Ok::<(), io::Error>(()))
     }

@@ -36,6 +36,7 @@ mod command;
 mod invocation;
 mod pipes;
 mod protocol;
+mod sdks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,8 +113,7 @@ impl HandlerHost {
     }
 
     /// The live handler's pid (also its process group id), if one is running.
-    #[cfg(test)]
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(HandlerProcess::pid)
     }
 
@@ -164,10 +164,13 @@ impl HandlerHost {
     }
 
     /// Closes the handler's stdin, gives it `grace` to exit, then terminates
-    /// its process group. Nothing it started is left running.
-    pub(crate) async fn shutdown(&mut self, grace: Duration) {
-        if let Some(process) = self.process.take() {
-            process.shutdown(grace).await;
+    /// its process group. Nothing it started is left running. Returns
+    /// whether it exited by itself within `grace`, as the protocol asks
+    /// (`check-handler` reports it; true when none was running).
+    pub(crate) async fn shutdown(&mut self, grace: Duration) -> bool {
+        match self.process.take() {
+            Some(process) => process.shutdown(grace).await,
+            None => true,
         }
     }
 

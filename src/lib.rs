@@ -28,6 +28,7 @@ mod agents;
 mod archive;
 mod artifacts;
 mod auth;
+mod check_handler;
 #[doc(hidden)]
 pub mod cli;
 mod commands;

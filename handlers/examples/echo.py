@@ -8,9 +8,12 @@ SLOW:<ms> (cancellable), STREAM:<n>, STREAM_TEXT:<text>, ERROR:<msg>,
 WRITE_FILE:<path> <content>, READ_FILE:<path>, ENV:<name>; anything else
 is echoed. The runtime makes `runtimeuse_handler` importable; elsewhere put
 handlers/sdk/python on PYTHONPATH.
+
+A plain function (the SDK runs it on a thread and sets `ctx.cancelled` on
+cancel), so the handler starts without asyncio; an `async def` handler
+works the same way, cancelled as a task.
 """
 
-import asyncio
 import json
 import pathlib
 
@@ -27,12 +30,14 @@ def fail(message):
     return HandlerError(message, METADATA)
 
 
-async def slow(rest):
+def slow(rest, ctx):
     try:
         ms = int(rest.strip())
     except ValueError:
         raise fail(f"SLOW: not a number of milliseconds: {rest!r}") from None
-    await asyncio.sleep(ms / 1000)  # a cancel cancels this task here
+    # A sleep that a cancel cuts short; the SDK has answered the cancel
+    # already, so what is returned then is dropped.
+    ctx.cancelled.wait(ms / 1000)
     return text("done")
 
 
@@ -80,30 +85,33 @@ def env(name, invocation):
     return text(invocation.env[name])
 
 
-async def handle(invocation, ctx):
+def stream_text(rest, ctx):
+    ctx.send_assistant(rest)
+    return text("done")
+
+
+def error(rest):
+    raise fail(rest)
+
+
+#: verb -> what it answers, given (rest of the prompt, invocation, ctx).
+VERBS = {
+    "ECHO": lambda rest, inv, ctx: text(rest),
+    "STRUCTURED": lambda rest, inv, ctx: structured(rest),
+    "SLOW": lambda rest, inv, ctx: slow(rest, ctx),
+    "STREAM": lambda rest, inv, ctx: stream(rest, ctx),
+    "STREAM_TEXT": lambda rest, inv, ctx: stream_text(rest, ctx),
+    "ERROR": lambda rest, inv, ctx: error(rest),
+    "WRITE_FILE": lambda rest, inv, ctx: write_file(rest),
+    "READ_FILE": lambda rest, inv, ctx: read_file(rest),
+    "ENV": lambda rest, inv, ctx: env(rest, inv),
+}
+
+
+def handle(invocation, ctx):
     verb, sep, rest = invocation.user_prompt.partition(":")
-    if not sep:
-        return text(invocation.user_prompt)
-    if verb == "ECHO":
-        return text(rest)
-    if verb == "STRUCTURED":
-        return structured(rest)
-    if verb == "SLOW":
-        return await slow(rest)
-    if verb == "STREAM":
-        return stream(rest, ctx)
-    if verb == "STREAM_TEXT":
-        ctx.send_assistant(rest)
-        return text("done")
-    if verb == "ERROR":
-        raise fail(rest)
-    if verb == "WRITE_FILE":
-        return write_file(rest)
-    if verb == "READ_FILE":
-        return read_file(rest)
-    if verb == "ENV":
-        return env(rest, invocation)
-    return text(invocation.user_prompt)
+    answer = VERBS.get(verb) if sep else None
+    return answer(rest, invocation, ctx) if answer else text(invocation.user_prompt)
 
 
 run_handler(handle)

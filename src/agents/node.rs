@@ -127,6 +127,7 @@ pub(crate) fn prepare(
         program: node,
         args: vec![entry.display().to_string()],
         display: format!("{} (bundled)", agent.name),
+        env: Vec::new(),
     })
 }
 

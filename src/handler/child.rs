@@ -106,7 +106,6 @@ impl HandlerProcess {
     }
 
     /// The process id, which is also its process group id.
-    #[cfg(test)]
     pub(crate) fn pid(&self) -> u32 {
         self.pgid
     }
@@ -184,15 +183,17 @@ impl HandlerProcess {
     }
 
     /// Closes the handler's stdin, gives it `grace` to exit, then terminates
-    /// its process group. Nothing it started is left running.
-    pub(crate) async fn shutdown(mut self, grace: Duration) {
+    /// its process group. Nothing it started is left running. Returns
+    /// whether the handler exited by itself within `grace`.
+    pub(crate) async fn shutdown(mut self, grace: Duration) -> bool {
         if self.ended {
-            return;
+            return true;
         }
         drop(self.stdin.take());
-        let _ = timeout(grace, self.child.wait()).await;
+        let exited = timeout(grace, self.child.wait()).await.is_ok();
         process::terminate_group(&mut self.child, grace).await;
         self.finish(grace).await;
+        exited
     }
 
     /// After the leader is gone: the group's remnants, then the readers.

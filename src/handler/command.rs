@@ -4,7 +4,7 @@
 //! child process with the runtime's isolation (own process group, piped
 //! stdio, no runtime credential).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,12 +15,13 @@ use crate::embedded::CacheDirs;
 use crate::process;
 
 use super::HandlerError;
+use super::sdks::Sdks;
 
 /// A handler program ready to spawn.
 ///
 /// Resolved once at startup from the configuration and shared by every
 /// session, so each session's handler process starts the same program.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HandlerCommand {
     /// Absolute path of the executable (the handler, its interpreter, or the
     /// runtime binary itself for the bundled echo handler).
@@ -30,6 +31,9 @@ pub struct HandlerCommand {
     pub args: Vec<String>,
     /// How the handler is named in logs and errors.
     pub display: String,
+    /// Variables added to the runtime's environment for the handler (where
+    /// the handler SDKs are: `RUNTIMEUSE_SDK_DIR`, `PYTHONPATH`).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl HandlerCommand {
@@ -59,6 +63,7 @@ impl HandlerCommand {
     pub(crate) fn to_process_command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -98,7 +103,16 @@ const INTERPRETERS: &[(&str, &str)] = &[
     ("rb", "ruby"),
 ];
 
+/// `--handler PATH`: how to start it, and the SDKs in its environment.
 pub(crate) fn resolve_path(path: &Path) -> Result<HandlerCommand, HandlerError> {
+    resolve_path_with(path, Sdks::shared())
+}
+
+/// [`resolve_path`] with the SDKs given (None: unavailable).
+pub(super) fn resolve_path_with(
+    path: &Path,
+    sdks: Option<&Sdks>,
+) -> Result<HandlerCommand, HandlerError> {
     let fail =
         |why: String| HandlerError::Failed(format!("agent handler {}: {why}", path.display()));
     let canon = path.canonicalize().map_err(|e| match e.kind() {
@@ -113,17 +127,32 @@ pub(crate) fn resolve_path(path: &Path) -> Result<HandlerCommand, HandlerError> 
         .to_str()
         .ok_or_else(|| fail("path is not valid UTF-8".into()))?
         .to_owned();
-    if meta.permissions().mode() & 0o111 != 0 {
-        return Ok(HandlerCommand {
-            program: canon,
-            args: Vec::new(),
-            display: canon_str,
-        });
-    }
+    let env = sdks.map_or_else(Vec::new, |s| s.env(std::env::var_os("PYTHONPATH")));
     let ext = canon
         .extension()
         .and_then(OsStr::to_str)
         .map(str::to_ascii_lowercase);
+    let executable = meta.permissions().mode() & 0o111 != 0;
+    if let Some(launcher) = sdks.map(Sdks::node_launcher)
+        && is_node_module(ext.as_deref(), executable, &canon)
+    {
+        let node = find_program("node")
+            .ok_or_else(|| fail("needs node to run, but node was not found on PATH".into()))?;
+        return Ok(HandlerCommand {
+            program: node,
+            args: vec![launcher.display().to_string(), canon_str.clone()],
+            display: format!("node {canon_str}"),
+            env,
+        });
+    }
+    if executable {
+        return Ok(HandlerCommand {
+            program: canon,
+            args: Vec::new(),
+            display: canon_str,
+            env,
+        });
+    }
     let Some(&(_, interpreter)) = INTERPRETERS
         .iter()
         .find(|(e, _)| Some(*e) == ext.as_deref())
@@ -145,7 +174,27 @@ pub(crate) fn resolve_path(path: &Path) -> Result<HandlerCommand, HandlerError> 
         program,
         args: vec![canon_str.clone()],
         display: format!("{interpreter} {canon_str}"),
+        env,
     })
+}
+
+/// Whether a handler file is run by Node through the SDK's launcher: a
+/// `.js`, `.mjs` or `.cjs` file, unless it is executable with a `#!` line
+/// naming another interpreter (its author chose that one).
+fn is_node_module(ext: Option<&str>, executable: bool, path: &Path) -> bool {
+    if !matches!(ext, Some("js" | "mjs" | "cjs")) {
+        return false;
+    }
+    if !executable {
+        return true;
+    }
+    let mut first = [0u8; 128];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut first))
+        .unwrap_or(0);
+    let line = String::from_utf8_lossy(&first[..read]);
+    let line = line.lines().next().unwrap_or("");
+    !line.starts_with("#!") || line.contains("node")
 }
 
 /// Finds an executable by name on `PATH` (or checks an absolute path).

@@ -387,6 +387,7 @@ async fn invoke_carries_every_field_and_no_auth_token() {
         program: "/bin/true".into(),
         args: vec![],
         display: "true".into(),
+        env: Vec::new(),
     }
     .to_process_command();
     assert!(
@@ -581,6 +582,7 @@ async fn spawn_failure_names_the_program_and_why() {
             program: "/nonexistent/handler".into(),
             args: vec![],
             display: "/nonexistent/handler".into(),
+            env: Vec::new(),
         },
     );
     let msg = failed(f.run("x").await);
@@ -642,6 +644,57 @@ fn resolve_by_extension_or_executable_bit() {
     let cmd = HandlerCommand::resolve(&AgentSource::Path(indirect)).unwrap();
     assert_eq!(cmd.program, exe.canonicalize().unwrap());
     assert!(cmd.args.is_empty());
+}
+
+#[test]
+fn js_handlers_run_through_the_sdk_launcher_with_the_sdks_in_their_env() {
+    use super::command::resolve_path_with;
+    use super::sdks::Sdks;
+    let dir = tempfile::tempdir().unwrap();
+    let sdks = Sdks::at(Path::new("/cache/sdks"));
+    let launcher = "/cache/sdks/handlers/sdk/node/launch.js";
+    let through_launcher = |path: &Path| {
+        let cmd = resolve_path_with(path, Some(&sdks)).unwrap();
+        assert_eq!(cmd.program.file_name().unwrap(), "node", "{cmd:?}");
+        assert_eq!(cmd.args, [launcher, path.to_str().unwrap()]);
+        assert_eq!(cmd.display, format!("node {}", path.display()));
+        cmd
+    };
+    for (name, body, mode) in [
+        ("plain.js", "", 0o644),
+        ("module.mjs", "export const handler = {};\n", 0o644),
+        ("common.cjs", "", 0o644),
+        // Executable without a #! line, or with node's: still a Node module.
+        ("exe.js", "module.exports = {};\n", 0o755),
+        ("shebang.mjs", "#!/usr/bin/env node\n", 0o755),
+    ] {
+        let cmd = through_launcher(&write_script(dir.path(), name, body, mode));
+        let env: std::collections::HashMap<_, _> = cmd.env.into_iter().collect();
+        assert_eq!(
+            env[std::ffi::OsStr::new("RUNTIMEUSE_SDK_DIR")],
+            "/cache/sdks/handlers/sdk"
+        );
+        assert!(
+            env[std::ffi::OsStr::new("PYTHONPATH")]
+                .to_str()
+                .unwrap()
+                .starts_with("/cache/sdks/handlers/sdk/python")
+        );
+    }
+    // Its author chose another interpreter: run as it is.
+    let other = write_script(dir.path(), "other.js", "#!/bin/sh\n", 0o755);
+    let cmd = resolve_path_with(&other, Some(&sdks)).unwrap();
+    assert_eq!(cmd.program, other.canonicalize().unwrap());
+    // Every handler gets the SDKs' env, whatever its language.
+    let py = write_script(dir.path(), "h.py", "", 0o644);
+    let cmd = resolve_path_with(&py, Some(&sdks)).unwrap();
+    assert_eq!(cmd.program.file_name().unwrap(), "python3");
+    assert_eq!(cmd.env.len(), 2);
+    // No SDKs (unwritable cache): plain node, no env.
+    let js = write_script(dir.path(), "late.mjs", "", 0o644);
+    let cmd = resolve_path_with(&js, None).unwrap();
+    assert_eq!(cmd.args, [js.to_str().unwrap()]);
+    assert!(cmd.env.is_empty());
 }
 
 #[test]

@@ -16,6 +16,7 @@ async fn start(config: Config) -> (SocketAddr, CancellationToken) {
         program: PathBuf::from("/bin/true"),
         args: Vec::new(),
         display: "true".into(),
+        env: Vec::new(),
     };
     let server = Server::bind_with_handler(config, handler).await.unwrap();
     let addr = server.local_addr().unwrap();
@@ -253,6 +254,7 @@ async fn empty_token_is_refused_at_startup() {
         program: PathBuf::from("/bin/true"),
         args: Vec::new(),
         display: "true".into(),
+        env: Vec::new(),
     };
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -17,8 +17,15 @@ import time
 import urllib.request
 import uuid
 
+import pytest
 import websockets
-from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, QueryOptions, RuntimeUseClient
+from runtimeuse_client import (
+    CancelledException,
+    CommandInterface,
+    ExecuteCommandsOptions,
+    QueryOptions,
+    RuntimeUseClient,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("RUNTIMEUSE_BIN", str(ROOT / "target" / "release" / "runtimeuse"))
@@ -267,6 +274,21 @@ class HeartbeatSeen(logging.Handler):
         log.propagate = False
         log.addHandler(self)
         return log
+
+
+async def abort_mid_request(session, prompt: str, **options) -> float:
+    """Runs `prompt` on a client session, aborts it once the runtime's
+    heartbeat shows it is mid-request (start the runtime with a short
+    --heartbeat-interval), and returns how long the abort took to end it
+    with CancelledException."""
+    beat = HeartbeatSeen()
+    task = asyncio.create_task(session.query(prompt, qopts(logger=beat.logger(), **options)))
+    await asyncio.wait_for(beat.event.wait(), 20)
+    started = time.monotonic()
+    session.abort()
+    with pytest.raises(CancelledException):
+        await asyncio.wait_for(task, 20)
+    return time.monotonic() - started
 
 
 #: A handler speaking the NDJSON handler protocol, driven by the prompt.

@@ -1,4 +1,4 @@
-//go:build unix && !linux
+//go:build unix
 
 package handler
 
@@ -15,7 +15,7 @@ func claimStdout() (*os.File, error) {
 		return nil, err
 	}
 	syscall.CloseOnExec(fd)
-	if err := syscall.Dup2(2, 1); err != nil {
+	if err := dup2(2, 1); err != nil {
 		return nil, err
 	}
 	return os.NewFile(uintptr(fd), "runtimeuse-protocol"), nil

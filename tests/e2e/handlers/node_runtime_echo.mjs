@@ -28,7 +28,7 @@ function text(value) {
 async function answer(invocation, sender) {
   const prompt = invocation.userPrompt;
   const colon = prompt.indexOf(":");
-  const verb = colon === -1 ? "" : prompt.slice(0, colon);
+  const verb = colon === -1 ? prompt : prompt.slice(0, colon);
   const rest = prompt.slice(colon + 1);
   switch (verb) {
     case "ECHO":

@@ -1,27 +1,34 @@
 """The handler protocol v1 loop (protocol/handler-protocol.md).
 
-The main thread runs an asyncio loop; a reader thread feeds it stdin's
-lines, so a `cancel` is seen while a handler works. `async def` handlers
-run as tasks on the loop (a cancel cancels the task); plain functions run
-on a daemon thread each (a cancel sets `ctx.cancelled`). Either way the
-cancel is answered at once with the `cancelled` error, and whatever the
-handler does afterwards is dropped: exactly one terminal per invocation.
+The main thread reads stdin and dispatches each line at once, so a
+`cancel` is seen while a handler works. Plain-function handlers run on a
+daemon thread each (a cancel sets `ctx.cancelled`); `async def` handlers
+run as tasks on a background event loop (a cancel cancels the task).
+Either way the cancel is answered at once with the `cancelled` error, and
+whatever the handler does afterwards is dropped: exactly one terminal per
+invocation.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Sequence
-from typing import Any, BinaryIO, Callable, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Union
 
+from ._loop import BackgroundLoop
 from ._types import HandlerError, InvalidResult, Invocation, Result, error_message, result_message
 from ._wire import PROTOCOL, Writer, claim_stdout, read_lines
 
+if TYPE_CHECKING:  # not imported at run time: see _loop.py
+    from concurrent.futures import Future
+
 LEVELS = ("debug", "info", "warn", "error")
+
+#: At stdin EOF, how long a cancelled coroutine gets to unwind.
+UNWIND_SECONDS = 1.0
 
 
 def _diag(text: str) -> None:
@@ -95,7 +102,10 @@ class _Run:
         self.id = invocation.id
         self.cancelled = threading.Event()
         self.done = False
-        self.task: asyncio.Task | None = None
+        #: The task's future, for an `async def` handler.
+        self.future: Future | None = None
+        #: Set once an `async def` handler's task has run (or unwound).
+        self.unwound = threading.Event()
 
     def send(self, message: dict[str, Any]) -> None:
         """Sends a non-terminal message, unless the terminal went already."""
@@ -128,20 +138,26 @@ class _Run:
         self.finish(message)
 
     async def run_async(self, context: Context) -> None:
+        """The task of an `async def` handler. The handler's coroutine is made
+        here, so a task cancelled before it starts never runs it."""
+        import asyncio
+
         try:
             result = await self.server.handler(self.invocation, context)
         except asyncio.CancelledError:
-            return  # the cancel (or EOF) already settled this invocation
-        except Exception as exc:  # noqa: BLE001 - whatever it is, it is this invocation's error
+            pass  # the cancel (or EOF) already settled this invocation
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: it must not stop the loop
             self.fail(exc)
-            return
-        self.succeed(result)
+        else:
+            self.succeed(result)
+        finally:
+            self.unwound.set()
 
     def run_sync(self, context: Context) -> None:
         try:
             result = self.server.handler(self.invocation, context)
             if inspect.isawaitable(result):
-                result = asyncio.run_coroutine_threadsafe(_awaited(result), self.server.loop).result()
+                result = self.server.loop.submit(_awaited(result)).result()
         except BaseException as exc:  # noqa: BLE001 - a bug, or SystemExit: still one terminal
             self.fail(exc)
             return
@@ -158,12 +174,12 @@ def _is_async(handler: Callable[..., Any]) -> bool:
 
 
 class _Server:
-    def __init__(self, handler: Handler, writer: Writer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, handler: Handler, writer: Writer) -> None:
         self.handler = handler
         self.is_async = _is_async(handler)
         self.writer = writer
-        self.loop = loop
-        # Worker threads and the loop thread both send; a line is never torn.
+        self.loop = BackgroundLoop()
+        # The main, worker and loop threads all send; a line is never torn.
         self.lock = threading.RLock()
         self.current: _Run | None = None
 
@@ -201,9 +217,7 @@ class _Server:
     def start(self, run: _Run) -> None:
         context = Context(run)
         if self.is_async:
-            # The handler's coroutine is made inside the task: cancelled
-            # before it starts, it simply never runs.
-            run.task = self.loop.create_task(run.run_async(context))
+            run.future = self.loop.submit(run.run_async(context))
         else:
             threading.Thread(target=run.run_sync, args=(context,), daemon=True).start()
 
@@ -218,8 +232,8 @@ class _Server:
 
     def abort(self, run: _Run) -> None:
         run.cancelled.set()
-        if run.task is not None:
-            run.task.cancel()
+        if run.future is not None:
+            run.future.cancel()
 
     def stop(self) -> _Run | None:
         """stdin closed: stops what runs; its terminal no longer matters."""
@@ -255,29 +269,10 @@ def run_handler(
         raise TypeError("run_handler(handler): handler must be callable")
     source = input if input is not None else sys.stdin.buffer
     sink = output if output is not None else claim_stdout()
-    asyncio.run(_serve(handler, source, Writer(sink)))
-
-
-async def _serve(handler: Handler, source: BinaryIO, writer: Writer) -> None:
-    loop = asyncio.get_running_loop()
-    server = _Server(handler, writer, loop)
-    eof = loop.create_future()
-
-    def read() -> None:
-        try:
-            read_lines(source, lambda m: loop.call_soon_threadsafe(server.on_message, m), _diag)
-        finally:
-            loop.call_soon_threadsafe(_settle, eof)
-
-    threading.Thread(target=read, name="runtimeuse-stdin", daemon=True).start()
-    await eof
+    server = _Server(handler, Writer(sink))
+    read_lines(source, server.on_message, _diag)
     run = server.stop()
-    if run is not None and run.task is not None:
-        # Let the cancelled task unwind (its finally blocks run); bounded,
-        # since the runtime wants us gone.
-        await asyncio.wait([run.task], timeout=1.0)
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+    if run is not None and run.future is not None:
+        # Let the cancelled coroutine unwind (its finally blocks run);
+        # bounded, since the runtime wants us gone.
+        run.unwound.wait(UNWIND_SECONDS)
