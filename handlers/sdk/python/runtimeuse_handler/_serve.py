@@ -11,10 +11,9 @@ invocation.
 
 from __future__ import annotations
 
-import inspect
+import functools
 import sys
 import threading
-import traceback
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Union
 
@@ -125,6 +124,8 @@ class _Run:
 
     def fail(self, exc: BaseException) -> None:
         if not isinstance(exc, (HandlerError, InvalidResult)) and not self.done:
+            import traceback  # only on failure: it is slow to import
+
             trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             _diag(f"invocation {self.id} failed:\n{trace.rstrip()}")
         self.finish(error_message(exc))
@@ -156,7 +157,7 @@ class _Run:
     def run_sync(self, context: Context) -> None:
         try:
             result = self.server.handler(self.invocation, context)
-            if inspect.isawaitable(result):
+            if hasattr(result, "__await__"):
                 result = self.server.loop.submit(_awaited(result)).result()
         except BaseException as exc:  # noqa: BLE001 - a bug, or SystemExit: still one terminal
             self.fail(exc)
@@ -170,7 +171,20 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
 
 def _is_async(handler: Callable[..., Any]) -> bool:
     # An object whose __call__ is `async def` counts too.
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(handler.__call__)
+    return _is_coroutine_function(handler) or _is_coroutine_function(type(handler).__call__)
+
+
+#: The code flag of an `async def` function (inspect.CO_COROUTINE; `inspect`
+#: itself is slow to import).
+_CO_COROUTINE = 0x80
+
+
+def _is_coroutine_function(function: Any) -> bool:
+    while isinstance(function, functools.partial):
+        function = function.func
+    function = getattr(function, "__func__", function)  # a bound method
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
 class _Server:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired, TypedDict
@@ -15,9 +14,10 @@ else:  # Python 3.9/3.10: total=False stands in for NotRequired.
 REDACTED = "[REDACTED]"
 
 
-@dataclass(frozen=True)
-class Invocation:
-    """One agent invocation, as the runtime sends it."""
+class Invocation(NamedTuple):
+    """One agent invocation, as the runtime sends it (immutable;
+    `invocation._asdict()` for a dict). A NamedTuple rather than a dataclass:
+    `dataclasses` imports `inspect`, a noticeable share of start-up."""
 
     #: Opaque invocation id (for your logs).
     id: str
@@ -33,10 +33,10 @@ class Invocation:
     #: The invocation's `agent_env`. Not in `os.environ` (one process serves
     #: many invocations): pass it to what you run,
     #: `subprocess.run(..., env={**os.environ, **invocation.env})`.
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str]
     #: Values to keep out of your own logs (see `redact`); the runtime
     #: redacts whatever it forwards anyway.
-    secrets: list[str] = field(default_factory=list)
+    secrets: list[str]
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> Invocation:

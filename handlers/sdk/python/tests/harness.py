@@ -29,6 +29,7 @@ class Child:
         )
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stderr_lines: list[str] = []
+        self._stderr_grew = threading.Condition()
         self.bad_lines: list[bytes] = []
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
@@ -44,11 +45,19 @@ class Child:
 
     def _read_stderr(self) -> None:
         for line in self.proc.stderr:
-            self.stderr_lines.append(line.decode("utf-8", "replace"))
+            with self._stderr_grew:
+                self.stderr_lines.append(line.decode("utf-8", "replace"))
+                self._stderr_grew.notify_all()
 
     @property
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
+
+    def wait_for_stderr(self, text: str) -> None:
+        """Waits until the handler's log contains `text`."""
+        with self._stderr_grew:
+            if not self._stderr_grew.wait_for(lambda: text in self.stderr, DEADLINE):
+                raise AssertionError(f"{text!r} not in the handler's log within {DEADLINE}s: {self.stderr}")
 
     def send(self, message: Any) -> None:
         line = message if isinstance(message, str) else json.dumps(message)
