@@ -65,6 +65,11 @@ def test_text_result_and_streamed_assistant_messages(rig):
     assert request.body["model"] == f"{rig.agent}-test-model"
     assert request.body["stream"] is True
     assert sent_key(rig.agent, request) == "sk-test-key-0123456789"
+    # The agent's tools are offered: a shell, and web search (openai) or
+    # Claude Code's preset (claude).
+    tools = {tool.get("name") or tool.get("type") for tool in request.body["tools"]}
+    expected = {"shell", "web_search"} if rig.agent == "openai" else {"Bash", "Read", "Edit", "Write"}
+    assert expected <= tools, tools
     metadata = result.metadata
     if rig.agent == "openai":
         assert metadata["usage"]["total_tokens"] == 28
