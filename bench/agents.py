@@ -31,12 +31,14 @@ import sys
 import tempfile
 import time
 
+from runtimeuse_client import CancelledException, RuntimeUseClient
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The mock model APIs and helpers of the e2e suite.
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from agent_rig import api_env, mock_for, query_options
-from helpers import free_port
-from runtimeuse_client import CancelledException, RuntimeUseClient
+from agent_rig import api_env, mock_for, query_options  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 BIN = str(ROOT / "target" / "release" / "runtimeuse")
 PROBE = sys.argv[1] if len(sys.argv) > 1 else str(ROOT.parent / "shared" / "bench" / "probe.py")

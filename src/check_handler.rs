@@ -96,7 +96,7 @@ impl Args {
 pub(crate) fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args =
         Args::parse_from(std::iter::once(OsString::from("runtimeuse check-handler")).chain(args));
-    crate::cli::init_logging("warn");
+    crate::logging::init(crate::logging::LogFormat::Text, "warn");
     let command = match HandlerCommand::resolve(&AgentSource::Path(args.path.clone())) {
         Ok(command) => command,
         Err(e) => {

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 use crate::config::{AgentSource, Config, TlsFiles};
 use crate::embedded::CacheDirs;
+use crate::logging::{LogFormat, StartupSummary};
 use crate::server::Server;
 
 /// The binary's entry point: the PID 1 reaper, the hidden subcommands, or
@@ -39,11 +39,12 @@ pub fn main() -> ExitCode {
     }
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(INSTALL_AGENT)) {
         let args = InstallAgentCli::parse_from(std::env::args_os().skip(1));
-        init_logging("info");
+        crate::logging::init(LogFormat::Text, "info");
         return install_agent(args);
     }
-    let config = Cli::parse().into_config();
-    init_logging("info");
+    let cli = Cli::parse();
+    crate::logging::init(cli.log_format, "info");
+    let config = cli.into_config();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -66,6 +67,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // sees the port must already mean a graceful shutdown.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let summary = StartupSummary::of(&config);
     let server = Server::bind(config).await?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
@@ -76,7 +78,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down: no new connections, cancelling running requests");
         shutdown.cancel();
     });
-    tracing::info!(addr = %server.local_addr()?, "runtimeuse listening");
+    summary.log(server.local_addr()?);
     server.run().await
 }
 
@@ -116,23 +118,12 @@ fn install_agent(args: InstallAgentCli) -> ExitCode {
     }
 }
 
-/// Logs to stderr, redacted, at `RUNTIMEUSE_LOG` or else `default`.
-pub(crate) fn init_logging(default: &str) {
-    let filter =
-        EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::logging::RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// runtimeuse: the agent runtime that runs inside a sandbox.
 ///
 /// Listens for a runtimeuse client over WebSocket, runs its commands and
 /// agent invocations, streams output back and redacts secrets.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(version, long_version = LONG_VERSION, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
     /// Bundled agent handler: echo (no model, for testing), openai, claude.
     #[arg(
@@ -200,7 +191,9 @@ struct Cli {
 
     /// Shared secret clients must present (ws://:TOKEN@host, ?token=TOKEN,
     /// or Authorization: Bearer TOKEN).
-    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true)]
+    // A token may start with '-' (one from secrets.token_urlsafe does, one
+    // time in 64): it is a value, not a flag.
+    #[arg(long, env = crate::config::AUTH_TOKEN_ENV, hide_env_values = true, allow_hyphen_values = true)]
     auth_token: Option<String>,
 
     /// PEM certificate chain: serve wss:// (needs --tls-key).
@@ -233,11 +226,24 @@ struct Cli {
     #[arg(long, env = "RUNTIMEUSE_CA_CERT", value_name = "PEM")]
     ca_cert: Option<PathBuf>,
 
+    /// Log line format: text, or json (one object per line, for log shippers).
+    #[arg(long, env = "RUNTIMEUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     /// Where the openai/claude agents are installed on first use [default:
     /// $XDG_CACHE_HOME/runtimeuse, else ~/.cache/runtimeuse].
     #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 }
+
+/// `--version`: the runtime's version, and the protocols it speaks with the
+/// client version its end-to-end tests run against (tests check both
+/// against `protocol/`, the handler host and `tests/requirements.txt`).
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nwire protocol: v1 (tested with runtimeuse-client 0.15.1)",
+    "\nhandler protocol: v1"
+);
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -247,7 +253,8 @@ Examples:
   runtimeuse install-agent all         # pre-install the openai and claude agents (image builds)
   runtimeuse check-handler ./my_agent.py   # check a handler against the protocol (see --help)
 
-Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level.";
+Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level,
+--log-format json for one JSON object per line.";
 
 impl Cli {
     /// The configuration these flags describe.
@@ -331,6 +338,32 @@ mod tests {
     }
 
     #[test]
+    fn long_version_names_the_handler_protocol_in_force() {
+        let line = format!("handler protocol: v{}", crate::handler::PROTOCOL_VERSION);
+        assert!(LONG_VERSION.lines().any(|l| l == line), "{LONG_VERSION}");
+        assert!(LONG_VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn log_format_flag() {
+        let cli = Cli::parse_from(["runtimeuse", "--log-format", "json"]);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(Cli::parse_from(["runtimeuse"]).log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["runtimeuse", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn a_token_may_start_with_a_hyphen() {
+        let cli = Cli::parse_from(["runtimeuse", "--auth-token", "-7mGJauvS2", "--port", "9"]);
+        let config = cli.into_config();
+        assert_eq!(
+            config.auth_token.as_ref().map(|t| t.expose()),
+            Some("-7mGJauvS2")
+        );
+        assert_eq!(config.listen.port(), 9);
+    }
+
+    #[test]
     fn defaults_match_the_original() {
         let config = Cli::parse_from(["runtimeuse"]).into_config();
         assert_eq!(config.agent, AgentSource::Bundled("openai".into()));
@@ -343,9 +376,14 @@ mod tests {
     /// its flag agrees).
     #[test]
     fn flag_defaults_are_config_defaults() {
-        let set: Vec<String> = std::env::vars()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with("RUNTIMEUSE_") && name != "RUNTIMEUSE_LOG")
+        // Only the flags' own variables matter (the test scripts set others,
+        // such as RUNTIMEUSE_BIN).
+        let command = <Cli as clap::CommandFactory>::command();
+        let set: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .filter(|name| std::env::var_os(name).is_some())
+            .map(|name| name.to_string_lossy().into_owned())
             .collect();
         assert!(set.is_empty(), "unset {set:?} to compare the defaults");
         assert_eq!(

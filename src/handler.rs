@@ -50,6 +50,9 @@ pub use command::HandlerCommand;
 pub(crate) use command::find_program;
 pub(crate) use invocation::InvokeContext;
 pub(crate) use protocol::Invocation;
+/// For `--version`'s test, which checks the protocol version it prints.
+#[cfg(test)]
+pub(crate) use protocol::PROTOCOL_VERSION;
 
 use invocation::Attempt;
 use pipes::MAX_LINE_BYTES;

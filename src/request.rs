@@ -193,11 +193,20 @@ pub(crate) async fn drive(request: Request, ctx: RequestContext) -> OutboundMess
     let started = Instant::now();
     let result = run(request, &ctx).await;
     heartbeat.abort();
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        ok = result.is_ok(),
-        "request finished"
-    );
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(_) => tracing::info!(elapsed_ms, ok = true, "request finished"),
+        // The client asked for it, or is gone: nothing for an operator to fix.
+        Err(e @ (RequestError::Cancelled | RequestError::ClientGone)) => {
+            tracing::info!(elapsed_ms, ok = false, reason = %e, "request finished")
+        }
+        Err(e) => tracing::warn!(
+            elapsed_ms,
+            ok = false,
+            error = %ctx.redactor.redact_str(&e.to_string()),
+            "request failed"
+        ),
+    }
     result.unwrap_or_else(RequestError::into_message)
 }
 

@@ -19,7 +19,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::auth::{self, TokenAuth};
 use crate::config::{Config, Secret};
@@ -61,6 +62,8 @@ struct ServerState {
     started: Instant,
     /// Sessions holding a slot (see [`SessionSlot`]).
     active_sessions: AtomicUsize,
+    /// Sessions started so far: the next session's id (for the logs).
+    sessions_started: AtomicU64,
     tracker: TaskTracker,
     /// Set when `--auth-token` is: upgrades must carry the token.
     auth: Option<TokenAuth>,
@@ -79,7 +82,7 @@ impl Server {
         let handler =
             tokio::task::spawn_blocking(move || HandlerCommand::resolve_in(&agent, &cache))
                 .await?
-                .with_context(|| format!("cannot use agent handler {:?}", config.agent))?;
+                .context("cannot use the agent handler")?;
         Self::bind_with_handler(config, handler).await
     }
 
@@ -118,6 +121,7 @@ impl Server {
                 shared,
                 started: Instant::now(),
                 active_sessions: AtomicUsize::new(0),
+                sessions_started: AtomicU64::new(0),
                 tracker: TaskTracker::new(),
                 auth,
                 tls,
@@ -219,7 +223,7 @@ where
     let header_timeout = state.shared.config.handshake_timeout;
     let service = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(req, state).await) }
+        async move { Ok::<_, Infallible>(route(req, state, peer).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -248,7 +252,11 @@ fn nonzero(limit: Duration) -> Option<Duration> {
     (!limit.is_zero()).then_some(limit)
 }
 
-async fn route(req: Request<Incoming>, state: Arc<ServerState>) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    state: Arc<ServerState>,
+    peer: SocketAddr,
+) -> Response<Body> {
     if req.uri().path() == "/health" && req.method() == hyper::Method::GET {
         return health(&state);
     }
@@ -261,7 +269,7 @@ async fn route(req: Request<Incoming>, state: Arc<ServerState>) -> Response<Body
             tracing::warn!("refused a WebSocket upgrade without a valid token");
             return unauthorized();
         }
-        return upgrade(req, state);
+        return upgrade(req, state, peer);
     }
     plain(
         StatusCode::UPGRADE_REQUIRED,
@@ -325,7 +333,11 @@ impl Drop for SessionSlot {
 }
 
 /// Answers the handshake and hands the upgraded stream to a session.
-fn upgrade(mut req: Request<Incoming>, state: Arc<ServerState>) -> Response<Body> {
+fn upgrade(
+    mut req: Request<Incoming>,
+    state: Arc<ServerState>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let config = &state.shared.config;
     if state.shared.shutdown.is_cancelled() {
         return plain(
@@ -362,7 +374,11 @@ fn upgrade(mut req: Request<Incoming>, state: Arc<ServerState>) -> Response<Body
         .max_frame_size(Some(config.max_message_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared = state.shared.clone();
-    state.tracker.spawn(async move {
+    // Every line the session logs (its requests' included) names it and
+    // its peer, so an operator can follow one client through the log.
+    let id = state.sessions_started.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = tracing::info_span!("session", id, %peer);
+    let session = async move {
         let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -373,7 +389,8 @@ fn upgrade(mut req: Request<Incoming>, state: Arc<ServerState>) -> Response<Body
             }
             Err(e) => tracing::warn!(error = %e, "websocket upgrade failed"),
         }
-    });
+    };
+    state.tracker.spawn(session.instrument(span));
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

@@ -1,8 +1,10 @@
 //! The invocation state machine: one `invoke` written to a handler process,
 //! driven to exactly one outcome.
 //!
-//! An invocation is in one of three states, and every wake-up of the loop
-//! in [`attempt`] moves it at most one step:
+//! An invocation is RUNNING, CANCELLING (cancel sent, grace clock running)
+//! or DRAINING (the process exited, its last lines may still arrive); the
+//! last two can overlap. Every wake-up of the loop in [`attempt`] handles
+//! one event:
 //!
 //! ```text
 //!             write invoke line

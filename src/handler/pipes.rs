@@ -187,7 +187,7 @@ pub(crate) async fn read_stderr(
         }
         let text = String::from_utf8_lossy(trim_cr(&buf));
         let text = current(&redactor).redact_str(&text).into_owned();
-        tracing::info!(target: "handler", pid, stream = "stderr", "{text}");
+        crate::logging::handler_stderr(pid, &text);
         let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();

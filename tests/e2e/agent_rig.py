@@ -15,12 +15,13 @@ import pathlib
 import subprocess
 import time
 
+from runtimeuse_client import QueryOptions, RuntimeUseClient
+
 from helpers import BIN, run
 from mock_anthropic import MockAnthropic
 from mock_model_server import MockModelServer
 from mock_openai import MockOpenAI
 from net_guard import RefusingProxy
-from runtimeuse_client import QueryOptions, RuntimeUseClient
 
 AGENTS = ["openai", "claude"]
 

@@ -23,7 +23,7 @@ def start_runtime(tmp_path):
     started = []
     attempts = itertools.count()
 
-    def start(*args, env=None, scheme="ws", preexec_fn=None, ready_timeout=20):
+    def start(*args, env=None, scheme="ws", preexec_fn=None, command=None, ready_timeout=20):
         # Numbered by attempt, not by success: a runtime that fails to start
         # (tests of startup errors) must not make the next one collide.
         n = next(attempts)
@@ -37,6 +37,7 @@ def start_runtime(tmp_path):
             scheme=scheme,
             cwd=workdir,
             preexec_fn=preexec_fn,
+            command=command,
             ready_timeout=ready_timeout,
         )
         started.append(rt)

@@ -71,7 +71,7 @@ def wait_until(predicate, timeout=10.0, interval=0.02):
 class Runtime:
     """One running `runtimeuse` process."""
 
-    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None, ready_timeout=20):
+    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None, command=None, ready_timeout=20):
         self.port = free_port()
         self.scheme = scheme
         self.log_path = log_path
@@ -79,7 +79,9 @@ class Runtime:
         full_env.setdefault("RUNTIMEUSE_LOG", "info")
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [BIN, "--host", "127.0.0.1", "--port", str(self.port), *args],
+            # `command`: how the runtime is launched (default: the binary
+            # itself; `npx runtimeuse` or an installed wheel's script).
+            [*(command or [BIN]), "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=subprocess.DEVNULL,
             stderr=open(log_path, "wb"),
             env=full_env,
@@ -327,6 +329,15 @@ for line in sys.stdin:
         sys.stderr.write("stderr says " + p[7:] + "\n")
         sys.stderr.flush()
         send({"type": "result", "text": "logged"})
+    elif p == "NOISY":
+        # Unmarked and level-marked stderr lines, `log` messages of two
+        # levels, and a last marked line to wait for (stderr is read in order).
+        sys.stderr.write("plain noise\nWARNING:root:marked warning\n[error] marked error\nINFO: marked info\n")
+        send({"type": "log", "level": "debug", "message": "log at debug"})
+        send({"type": "log", "level": "warn", "message": "log at warn"})
+        sys.stderr.write("ERROR: last line\n")
+        sys.stderr.flush()
+        send({"type": "result", "text": "noisy"})
     elif p == "GARBAGE":
         sys.stdout.write("this is not json at all\n")
         sys.stdout.flush()

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 
 import pytest
+from runtimeuse_client import RuntimeUseClient
+
 from agent_rig import (
     INSTALL_TIMEOUT,
     api_env,
@@ -24,7 +26,6 @@ from agent_rig import (
     start_agent_runtime,
 )
 from helpers import BIN, free_port, run
-from runtimeuse_client import RuntimeUseClient
 
 NODE = shutil.which("node")
 

@@ -11,6 +11,8 @@ import json
 import time
 
 import pytest
+from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
+
 from agent_rig import (
     api_env,
     key_variable,
@@ -21,7 +23,6 @@ from agent_rig import (
 )
 from helpers import pgrep, run, unique, wait_until
 from net_guard import SyscallGuard, outside_loopback
-from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
 
 SCHEMA = {
     "type": "object",

@@ -341,3 +341,12 @@ def test_large_download_streams_with_flat_memory(echo_runtime, http_server, tmp_
     peak_mib = rss.peak_kib / 1024
     assert peak_mib < 64, f"runtime RSS peaked at {peak_mib:.1f} MiB while downloading 200 MiB"
     assert elapsed < 30, f"200 MiB download took {elapsed:.1f}s"
+
+
+def test_host_names_resolve(echo_runtime, http_server, tmp_path):
+    # The released binary is static (musl, or glibc without NSS modules):
+    # a URL by host name must still resolve, from /etc/hosts here.
+    url = http_server.serve("/by-name.txt", b"found by name\n").replace("127.0.0.1", "localhost")
+    work = tmp_path / "by-name"
+    result = execute(echo_runtime.url, cmds("cat by-name.txt", cwd=str(work)), [dl(url, work)])
+    assert stdouts(result) == [(0, "found by name\n")]

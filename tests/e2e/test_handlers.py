@@ -284,7 +284,8 @@ def test_crashed_handler_takes_its_children_with_it(start_runtime, py_handler, t
 
 
 def test_handler_stderr_goes_to_the_runtime_log(start_runtime, py_handler):
-    rt = start_runtime("--handler", str(py_handler))
+    # Unmarked stderr lines are logged at DEBUG (levels: test_logs.py).
+    rt = start_runtime("--handler", str(py_handler), env={"RUNTIMEUSE_LOG": "debug"})
     result = run(RuntimeUseClient(ws_url=rt.url).query("STDERR:hello log", qopts()))
     assert result.data.text == "logged"
     assert wait_until(lambda: "stderr says hello log" in rt.log(), timeout=5)

@@ -280,7 +280,8 @@ def test_handler_log_lines_are_redacted(start_runtime, py_handler, secret):
 
 
 def test_handler_stderr_and_crash_report_are_redacted(start_runtime, py_handler, secret):
-    rt = start_runtime("--handler", str(py_handler))
+    # DEBUG: unmarked stderr lines are logged at that level.
+    rt = start_runtime("--handler", str(py_handler), env={"RUNTIMEUSE_LOG": "debug"})
 
     async def main():
         client = RuntimeUseClient(ws_url=rt.url)

@@ -8,7 +8,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 # The harness beside this file, and the SDK itself, importable without an install.
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from harness import Child
+from harness import Child  # noqa: E402 (found through the sys.path line above)
 
 
 @pytest.fixture
