@@ -8,14 +8,17 @@ line per agent:
   `cold_install_npm_cached_s`: the same with npm's cache warm;
 - `warm_start_ms`: exec to port open with the agent installed (probe.py
   `startup`, which also gives the runtime's idle RSS);
-- `first_query_ms`: the first one-shot `client.query` of a fresh runtime
-  (spawns the handler: Node, the SDK's import, Claude Code for claude);
-  `oneshot_median_ms` / `oneshot_p95_ms`: later ones (probe.py `oneshot`);
+- `first_query_ms`: the first one-shot `client.query` of a fresh runtime,
+  once its spare handler is up (Node and the SDK imported; Claude Code still
+  starts per query); `first_query_no_spare_ms`: the same with
+  `--spare-handlers 0` (the handler starts for the query);
+  `oneshot_median_ms` / `oneshot_p95_ms`: later one-shot queries, 3 s apart
+  so a replacement spare is ready (probe.py `oneshot`, GAP_MS=3000);
 - `warm_handler_query_ms`: median of 5 queries in one session, whose
   handler process is already running;
-- `handler_rss_kb`: the Node handler process after a query; for claude also
-  `claude_code_rss_kb`, the Claude Code process it runs per query, sampled
-  while a query is in flight.
+- `handler_rss_kb`: the Node handler process after a query, `spare_rss_kb`
+  an idle spare; for claude also `claude_code_rss_kb`, the Claude Code
+  process it runs per query, sampled while a query is in flight.
 
     .venv/bin/python bench/agents.py [PROBE_PY]   (default ../shared/bench/probe.py)
 """
@@ -37,7 +40,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The mock model APIs and helpers of the e2e suite.
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from agent_rig import api_env, mock_for, query_options  # noqa: E402
+from agent_rig import api_env, handler_processes, mock_for, query_options  # noqa: E402
 from helpers import free_port  # noqa: E402
 
 BIN = str(ROOT / "target" / "release" / "runtimeuse")
@@ -72,22 +75,50 @@ def children(pid):
     return [(int(p), int(r), a) for p, pp, r, a in rows if int(pp) == pid]
 
 
-def first_query_and_rss(agent, cache, mock, env):
+def rss_kb(pid):
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def first_query(agent, cache, env, spares):
+    """A fresh runtime's first one-shot query, once its spares are up."""
+    port = free_port()
+    proc = subprocess.Popen([BIN, "--agent", agent, "--cache-dir", str(cache), "--host", "127.0.0.1",
+                             "--port", str(port), "--spare-handlers", str(spares)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
+                            start_new_session=True)
+    try:
+        wait_port(port)
+        while len(handler_processes(proc.pid)) < spares:
+            time.sleep(0.05)
+        time.sleep(3)  # the spare imports its SDK after it is spawned (about 1 s here)
+        started = time.perf_counter()
+        asyncio.run(RuntimeUseClient(ws_url=f"ws://127.0.0.1:{port}").query("MOCK:TEXT hi", query_options(agent)))
+        return round((time.perf_counter() - started) * 1000, 1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def wait_port(port):
+    deadline = time.monotonic() + 30
+    while not port_open(port):
+        assert time.monotonic() < deadline, "the runtime did not open its port"
+        time.sleep(0.01)
+
+
+def session_figures(agent, cache, mock, env):
     port = free_port()
     proc = subprocess.Popen([BIN, "--agent", agent, "--cache-dir", str(cache), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
                             start_new_session=True)
     try:
         url = f"ws://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            assert time.monotonic() < deadline, "the runtime did not open its port"
-            time.sleep(0.01)
+        wait_port(port)
 
         async def measure():
-            started = time.perf_counter()
-            await RuntimeUseClient(ws_url=url).query("MOCK:TEXT hi", query_options(agent))
-            first = (time.perf_counter() - started) * 1000
             # The handler stays warm for its session; a session keeps it to measure.
             async with RuntimeUseClient(ws_url=url).session() as session:
                 await session.query("MOCK:TEXT hi", query_options(agent))
@@ -96,16 +127,18 @@ def first_query_and_rss(agent, cache, mock, env):
                     started = time.perf_counter()
                     await session.query("MOCK:TEXT hi", query_options(agent))
                     warm.append((time.perf_counter() - started) * 1000)
-                (handler,) = [c for c in children(proc.pid) if "handler.mjs" in c[2]]
+                # The session's handler is the spare started first; a newer
+                # one replaced it as the spare.
+                serving, *spare = handler_processes(proc.pid)
                 figures = {
-                    "first_query_ms": round(first, 1),
                     "warm_handler_query_ms": round(sorted(warm)[2], 1),
-                    "handler_rss_kb": handler[1],
+                    "handler_rss_kb": rss_kb(serving),
+                    "spare_rss_kb": rss_kb(spare[-1]) if spare else None,
                 }
                 if agent == "claude":
                     task = asyncio.create_task(session.query("MOCK:HANG", query_options(agent)))
                     await asyncio.to_thread(mock.wait_hanging, 1)
-                    (code,) = [c for c in children(handler[0]) if "claude" in c[2]]
+                    (code,) = [c for c in children(serving) if "claude" in c[2]]
                     figures["claude_code_rss_kb"] = code[1]
                     session.abort()
                     with contextlib.suppress(CancelledException):
@@ -132,8 +165,10 @@ def main():
                 start = probe("startup", agent, cache, env)
                 figures["warm_start_ms"] = start["startup_ms"]
                 figures["runtime_idle_rss_kb"] = start["idle_rss_kb"]
-                figures.update(first_query_and_rss(agent, cache, mock, env))
-                oneshot = probe("oneshot", agent, cache, env, N="10")
+                figures["first_query_ms"] = first_query(agent, cache, env, spares=1)
+                figures["first_query_no_spare_ms"] = first_query(agent, cache, env, spares=0)
+                figures.update(session_figures(agent, cache, mock, env))
+                oneshot = probe("oneshot", agent, cache, env, N="10", GAP_MS="3000")
                 figures["oneshot_median_ms"] = oneshot["oneshot_median_ms"]
                 figures["oneshot_p95_ms"] = oneshot["oneshot_p95_ms"]
                 print(json.dumps(figures), flush=True)

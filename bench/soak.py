@@ -37,7 +37,7 @@ def resources(pid):
     """RSS (KiB) of the runtime alone, its open fds, and its live descendants."""
     rss = int(pathlib.Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,stat="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,stat="], capture_output=True, text=True, check=False).stdout
     kids, seen, stack = {}, 0, [pid]
     for line in out.splitlines():
         p, pp, stat = line.split(None, 2)

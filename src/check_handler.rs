@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSource;
 use crate::handler::{
-    AgentOutput, HandlerCommand, HandlerError, HandlerHost, Invocation, InvokeContext,
+    AgentOutput, HandlerCommand, HandlerError, HandlerHost, Invocation, InvokeContext, SparePool,
 };
 use crate::outbox::Outbox;
 use crate::redact::Redactor;
@@ -343,7 +343,7 @@ impl Checker {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
         Self {
-            host: HandlerHost::new(Arc::new(command)),
+            host: HandlerHost::new(SparePool::none(Arc::new(command))),
             options,
             invocations: 0,
             nonce_seed,

@@ -159,6 +159,16 @@ struct Cli {
     #[arg(long, env = "RUNTIMEUSE_HANDLER_CANCEL_GRACE", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     handler_cancel_grace: Duration,
 
+    /// Handler processes kept started and idle, so a connection's first
+    /// invocation finds one ready (0: start the handler on demand).
+    #[arg(
+        long,
+        env = "RUNTIMEUSE_SPARE_HANDLERS",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    spare_handlers: usize,
+
     /// Bytes of each command's stdout kept from its start in the terminal result.
     #[arg(long, env = "RUNTIMEUSE_STDOUT_HEAD_BYTES", value_name = "BYTES", default_value_t = 128 * 1024)]
     stdout_head_bytes: usize,
@@ -273,6 +283,7 @@ impl Cli {
             heartbeat_interval: self.heartbeat_interval,
             kill_grace: self.kill_grace,
             handler_cancel_grace: self.handler_cancel_grace,
+            spare_handlers: self.spare_handlers,
             stdout_head_bytes: self.stdout_head_bytes,
             stdout_tail_bytes: self.stdout_tail_bytes,
             artifact_flush_timeout: self.artifact_flush_timeout,

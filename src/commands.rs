@@ -21,7 +21,6 @@
 mod capture;
 mod output;
 
-use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -96,14 +95,25 @@ pub(crate) async fn run_command(
     cmd: &wire::Command,
     ctx: &CommandContext<'_>,
 ) -> Result<CommandOutcome, CommandError> {
-    run_with_base_env(cmd, ctx, std::env::vars_os().collect()).await
+    run_with_base_env(cmd, ctx, BaseEnv::Inherited).await
 }
 
-/// [`run_command`] with an explicit base environment (tests inject one).
+/// The environment a command starts from, before its own `env`.
+enum BaseEnv {
+    /// The runtime's own. Left to the OS when nothing is laid over it:
+    /// copying 40 variables into a map and back into C strings was a third
+    /// of the runtime's instructions for a `true` command.
+    Inherited,
+    /// Exactly these variables (tests inject them).
+    #[cfg(test)]
+    Explicit(Vec<(std::ffi::OsString, std::ffi::OsString)>),
+}
+
+/// [`run_command`] from a given base environment.
 async fn run_with_base_env(
     cmd: &wire::Command,
     ctx: &CommandContext<'_>,
-    base_env: Vec<(OsString, OsString)>,
+    base_env: BaseEnv,
 ) -> Result<CommandOutcome, CommandError> {
     let redactor = ctx
         .redactor
@@ -131,7 +141,7 @@ impl Run<'_> {
     async fn execute(
         &self,
         cmd: &wire::Command,
-        base_env: Vec<(OsString, OsString)>,
+        base_env: BaseEnv,
     ) -> Result<CommandOutcome, CommandError> {
         let cwd = prepare_cwd(cmd.cwd.as_deref())
             .await
@@ -220,14 +230,19 @@ async fn prepare_cwd(cwd: Option<&str>) -> Result<Option<PathBuf>, String> {
 fn shell_command(
     cmd: &wire::Command,
     cwd: Option<&Path>,
-    base_env: Vec<(OsString, OsString)>,
+    base_env: BaseEnv,
 ) -> tokio::process::Command {
     let mut shell = tokio::process::Command::new("/bin/sh");
+    match base_env {
+        BaseEnv::Inherited => {}
+        #[cfg(test)]
+        BaseEnv::Explicit(vars) => {
+            shell.env_clear().envs(vars);
+        }
+    }
     shell
         .arg("-c")
         .arg(&cmd.command)
-        .env_clear()
-        .envs(base_env)
         .envs(cmd.env.iter().flatten())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -235,7 +250,9 @@ fn shell_command(
         // Last resort if this future is dropped mid-run: the leader is
         // killed and reaped by tokio; `GroupGuard` takes care of the rest.
         .kill_on_drop(true);
-    process::without_runtime_credentials(&mut shell);
+    if process::would_inherit_credentials(&shell) {
+        process::without_runtime_credentials(&mut shell);
+    }
     if let Some(cwd) = cwd {
         shell.current_dir(cwd);
     }

@@ -69,6 +69,9 @@ pub struct Config {
     pub kill_grace: Duration,
     /// After asking a handler to cancel, how long before its group is killed.
     pub handler_cancel_grace: Duration,
+    /// Handler processes kept started and idle, so a session's first
+    /// invocation does not wait for a process start (0: start on demand).
+    pub spare_handlers: usize,
     /// Bytes of a command's stdout kept from its start for the terminal result.
     pub stdout_head_bytes: usize,
     /// Bytes of a command's stdout kept from its end for the terminal result.
@@ -119,6 +122,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             kill_grace: Duration::from_secs(2),
             handler_cancel_grace: Duration::from_secs(2),
+            spare_handlers: 1,
             stdout_head_bytes: 128 * 1024,
             stdout_tail_bytes: 128 * 1024,
             artifact_flush_timeout: Duration::from_secs(30),

@@ -37,8 +37,8 @@ mod invocation;
 mod pipes;
 mod protocol;
 mod sdks;
+mod spare;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -53,6 +53,7 @@ pub(crate) use protocol::Invocation;
 /// For `--version`'s test, which checks the protocol version it prints.
 #[cfg(test)]
 pub(crate) use protocol::PROTOCOL_VERSION;
+pub(crate) use spare::SparePool;
 
 use invocation::Attempt;
 use pipes::MAX_LINE_BYTES;
@@ -92,17 +93,18 @@ pub enum HandlerError {
 
 /// Hosts one session's agent handler process.
 pub(crate) struct HandlerHost {
-    command: Arc<HandlerCommand>,
+    spares: SparePool,
     process: Option<HandlerProcess>,
     max_line: usize,
 }
 
 impl HandlerHost {
-    /// A host with no process yet: the handler is spawned on the first
-    /// invocation, so a session that only runs commands never starts one.
-    pub(crate) fn new(command: Arc<HandlerCommand>) -> Self {
+    /// A host with no process yet: the first invocation takes a spare from
+    /// `spares` (or starts the handler if none is ready), so a session that
+    /// only runs commands never uses one.
+    pub(crate) fn new(spares: SparePool) -> Self {
         Self {
-            command,
+            spares,
             process: None,
             max_line: MAX_LINE_BYTES,
         }
@@ -138,6 +140,10 @@ impl HandlerHost {
         let mut retried = false;
         loop {
             self.drop_unusable(ctx.kill_grace).await;
+            if self.process.is_none() {
+                self.process = self.take_spare();
+            }
+            // A process started before this invocation may have died since.
             let reused = self.process.is_some();
             let process = match self.process.as_mut() {
                 Some(process) => {
@@ -145,7 +151,7 @@ impl HandlerHost {
                     process
                 }
                 None => self.process.insert(HandlerProcess::spawn(
-                    self.command.clone(),
+                    self.spares.command().clone(),
                     self.max_line,
                     redactor.clone(),
                 )?),
@@ -164,6 +170,15 @@ impl HandlerHost {
                 Attempt::NeverRead(err) => return Err(err),
             }
         }
+    }
+
+    /// A spare from the pool, unless this host reads lines with another
+    /// limit than the one spares are started with.
+    fn take_spare(&mut self) -> Option<HandlerProcess> {
+        if self.max_line != MAX_LINE_BYTES {
+            return None;
+        }
+        self.spares.take()
     }
 
     /// Closes the handler's stdin, gives it `grace` to exit, then terminates

@@ -41,8 +41,11 @@ use crate::urls::{self, display_url, parse_http_url};
 
 pub(crate) use error::{HttpError, TimeoutPhase};
 
-/// Size of the pieces an upload is read from disk in.
-const UPLOAD_CHUNK_BYTES: usize = 64 * 1024;
+/// Size of the pieces an upload is read from disk in. Each piece is one
+/// trip to tokio's blocking pool: at 64 KiB a 256 MiB upload took 105 ms
+/// of runtime CPU and reached 1,300 MiB/s (median), at 256 KiB 75 ms and
+/// 1,700 MiB/s; eight uploads at a time hold at most a few MiB.
+const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Tunables of [`HttpClient`]; `Default` is what the runtime uses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,6 +27,12 @@ impl Outbox {
         (Self { tx }, rx)
     }
 
+    /// Queues a message unless the writer is behind, for messages that are
+    /// worth nothing late (heartbeats). Never waits.
+    pub(crate) fn try_send(&self, message: OutboundMessage) {
+        let _ = self.tx.try_send(message);
+    }
+
     /// Queues a message, waiting while the writer is behind.
     pub(crate) async fn send(&self, message: OutboundMessage) -> Result<(), Closed> {
         self.tx.send(message).await.map_err(|_| Closed)

@@ -29,6 +29,15 @@ pub(crate) fn without_runtime_credentials(
     command.env_remove(crate::config::AUTH_TOKEN_ENV)
 }
 
+/// Whether a child started by `command` would get the runtime's credential
+/// (the runtime has one, or the command sets it). Checked before removing
+/// it from frequent spawns: a removal marks the environment changed, and a
+/// changed environment is copied whole at every spawn.
+pub(crate) fn would_inherit_credentials(command: &tokio::process::Command) -> bool {
+    let token = crate::config::AUTH_TOKEN_ENV;
+    std::env::var_os(token).is_some() || command.as_std().get_envs().any(|(name, _)| name == token)
+}
+
 /// Whether any live process is still in the group.
 ///
 /// Zombies do not count: an orphaned grandchild that died is reparented to

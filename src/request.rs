@@ -7,7 +7,7 @@
 //! construction rather than by every branch remembering it.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex as AsyncMutex;
@@ -185,14 +185,10 @@ pub(crate) enum Request {
 
 /// Runs a request to its terminal message, with heartbeats while it runs.
 pub(crate) async fn drive(request: Request, ctx: RequestContext) -> OutboundMessage {
-    let heartbeat = tokio::spawn(heartbeat(
-        ctx.outbox.clone(),
-        ctx.phase.clone(),
-        ctx.config.heartbeat_interval,
-    ));
     let started = Instant::now();
-    let result = run(request, &ctx).await;
-    heartbeat.abort();
+    let work = run(request, &ctx);
+    tokio::pin!(work);
+    let result = with_heartbeats(work, &ctx).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match &result {
         Ok(_) => tracing::info!(elapsed_ms, ok = true, "request finished"),
@@ -232,17 +228,24 @@ async fn run(request: Request, ctx: &RequestContext) -> Result<OutboundMessage, 
     result
 }
 
-async fn heartbeat(outbox: Outbox, phase: Phase, every: Duration) {
+/// Polls `work` to its end, queueing a `heartbeat_message` every interval
+/// meanwhile: in the request's own task, so a request costs no second task.
+/// A beat is skipped while the outbox is full (output is flowing anyway).
+async fn with_heartbeats<T>(
+    mut work: std::pin::Pin<&mut impl Future<Output = T>>,
+    ctx: &RequestContext,
+) -> T {
     let started = Instant::now();
+    let every = ctx.config.heartbeat_interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
-        ticker.tick().await;
-        let beat = OutboundMessage::HeartbeatMessage {
-            phase: phase.get().to_owned(),
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        };
-        if outbox.send(beat).await.is_err() {
-            return;
+        tokio::select! {
+            biased;
+            output = &mut work => return output,
+            _ = ticker.tick() => ctx.outbox.try_send(OutboundMessage::HeartbeatMessage {
+                phase: ctx.phase.get().to_owned(),
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            }),
         }
     }
 }
@@ -337,7 +340,9 @@ async fn download(items: &[wire::Downloadable], ctx: &RequestContext) -> Result<
         return Ok(());
     }
     ctx.phase.set("downloads");
-    downloads::download_all(items, &ctx.http, &ctx.cancel).await?;
+    // Boxed: the download machinery is most of a request future's size,
+    // and every request would otherwise carry (and copy) it.
+    Box::pin(downloads::download_all(items, &ctx.http, &ctx.cancel)).await?;
     Ok(())
 }
 

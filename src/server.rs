@@ -43,7 +43,7 @@ use tracing::Instrument;
 use crate::auth::{self, TokenAuth};
 use crate::config::{Config, Secret};
 use crate::embedded::CacheDirs;
-use crate::handler::HandlerCommand;
+use crate::handler::{HandlerCommand, SparePool};
 use crate::http::{HttpClient, HttpOptions};
 use crate::session::{self, SessionShared};
 use crate::tls;
@@ -109,9 +109,11 @@ impl Server {
                  address: anyone who can reach this port can run commands here"
             );
         }
+        // After the port is bound, so spares never delay it opening.
+        let spares = SparePool::start(Arc::new(handler), config.spare_handlers, config.kill_grace);
         let shared = Arc::new(SessionShared {
             config: Arc::new(config),
-            handler_command: Arc::new(handler),
+            spares,
             http,
             shutdown: CancellationToken::new(),
         });
@@ -168,6 +170,7 @@ impl Server {
         {
             tracing::warn!(?bound, "sessions did not finish in time; exiting anyway");
         }
+        self.state.shared.spares.shutdown().await;
         Ok(())
     }
 }
@@ -370,6 +373,7 @@ fn upgrade(
         return response;
     };
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -401,6 +405,12 @@ fn upgrade(
     }
     response
 }
+
+/// tungstenite zeroes this much of its read buffer before every read; its
+/// default, 128 KiB, cost two 128 KiB memsets per inbound message. Client
+/// messages are small, and a large one still arrives whole, in reads of
+/// this size.
+const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
 
 fn unauthorized() -> Response<Body> {
     let mut response = plain(StatusCode::UNAUTHORIZED, auth::UNAUTHORIZED_BODY);

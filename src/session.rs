@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::artifacts::{Artifacts, UploadFn, UploadJob};
 use crate::config::Config;
-use crate::handler::{HandlerCommand, HandlerHost};
+use crate::handler::{HandlerHost, SparePool};
 use crate::http::HttpClient;
 use crate::outbox::Outbox;
 use crate::request::{self, Phase, Request, RequestContext};
@@ -45,8 +45,9 @@ const WRITER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 pub(crate) struct SessionShared {
     /// The server's settings, read by every request.
     pub(crate) config: Arc<Config>,
-    /// How to start the agent handler; each session starts its own process.
-    pub(crate) handler_command: Arc<HandlerCommand>,
+    /// Handler processes started ahead of need; a session takes one on its
+    /// first invocation (or starts the handler itself if none is ready).
+    pub(crate) spares: SparePool,
     /// One HTTP client for every download and upload of the server.
     pub(crate) http: HttpClient,
     /// Fired when the server shuts down: sessions cancel work and close.
@@ -99,7 +100,7 @@ where
         writer_stop.clone(),
         close_reason.clone(),
     ));
-    let handler = HandlerHost::new(shared.handler_command.clone());
+    let handler = HandlerHost::new(shared.spares.clone());
     let mut session = Session {
         shared: shared.clone(),
         outbox: outbox.clone(),
@@ -145,9 +146,12 @@ where
         // The client left mid-drain: nobody will answer announcements.
         drain.abort();
     }
-    session.close().await;
-    // Background tasks (artifact uploads finishing) may still hold outbox
-    // clones; the writer sends what is queued and closes regardless.
+    // The connection is closed first and the session torn down after: the
+    // one-shot client waits for the close handshake and then for the TCP
+    // connection to end before `query()` returns, and must not wait for the
+    // handler to exit. Background tasks (artifact uploads finishing) may
+    // still hold outbox clones; the writer sends what is queued and closes
+    // regardless.
     writer_stop.cancel();
     let mut writer = writer;
     if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, &mut writer)
@@ -157,6 +161,9 @@ where
         tracing::warn!("client is not reading; closing without flushing");
         writer.abort();
     }
+    // With the writer's half gone, this drops the socket.
+    drop(stream);
+    session.close().await;
 }
 
 /// Waits for the end-of-session artifact drain; pending forever if none.

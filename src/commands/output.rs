@@ -38,7 +38,10 @@ pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 pub(crate) const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 
 /// A read at least this big means the producer writes in bulk (stdio's
-/// buffer size): worth waiting a moment to fill a whole chunk.
+/// buffer size): worth waiting a moment to fill a whole chunk. Also the
+/// first read's buffer, grown to [`CHUNK_BYTES`] once a read fills it: most
+/// commands print a few lines, and two 64 KiB buffers per command cost
+/// page faults on every spawn.
 const BULK_READ_BYTES: usize = 4096;
 
 /// How long a bulk chunk waits for more output before it is sent.
@@ -79,7 +82,7 @@ impl<'a> Pump<'a> {
             redactor: redactor.stream(),
             decoder: Utf8Decoder::default(),
             capture,
-            redacted: Vec::with_capacity(CHUNK_BYTES),
+            redacted: Vec::new(),
         }
     }
 
@@ -89,9 +92,12 @@ impl<'a> Pump<'a> {
         mut pipe: impl AsyncRead + Unpin,
         exited: watch::Receiver<Option<Instant>>,
     ) -> Result<Option<String>, CommandError> {
-        let mut buf = vec![0; CHUNK_BYTES];
+        let mut buf = vec![0; BULK_READ_BYTES];
         let mut reader = PipeReader::new(exited);
         while let Some(n) = reader.read(&mut pipe, &mut buf).await {
+            if n == buf.len() && n < CHUNK_BYTES {
+                buf.resize(CHUNK_BYTES, 0);
+            }
             let n = reader.coalesce(&mut pipe, &mut buf, n).await;
             self.redacted.clear();
             self.redactor.push(&buf[..n], &mut self.redacted);
@@ -110,21 +116,24 @@ impl<'a> Pump<'a> {
         if last {
             self.decoder.finish(&mut text);
         }
+        if text.len() <= CHUNK_BYTES {
+            return self.send(text).await;
+        }
         // Redaction can grow a chunk ([REDACTED] is longer than a short
         // secret, and held-back bytes join the next chunk): re-split.
         for piece in char_pieces(&text, CHUNK_BYTES) {
-            self.send(piece).await?;
+            self.send(piece.to_owned()).await?;
         }
         Ok(())
     }
 
-    async fn send(&mut self, text: &str) -> Result<(), CommandError> {
+    async fn send(&mut self, text: String) -> Result<(), CommandError> {
         if let Some(capture) = &mut self.capture {
-            capture.push(text);
+            capture.push(&text);
         }
         let message = OutboundMessage::CommandOutputMessage {
             stream: self.stream,
-            text: text.to_owned(),
+            text,
             command: self.label.to_owned(),
         };
         self.outbox
@@ -139,6 +148,8 @@ impl<'a> Pump<'a> {
 struct PipeReader {
     /// Completes [`DRAIN_AFTER_EXIT`] after the shell exited.
     deadline: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// When the shell exited, once it has.
+    exited: watch::Receiver<Option<Instant>>,
     past_deadline: bool,
     budget: usize,
 }
@@ -146,7 +157,8 @@ struct PipeReader {
 impl PipeReader {
     fn new(exited: watch::Receiver<Option<Instant>>) -> Self {
         Self {
-            deadline: Box::pin(drain_deadline(exited)),
+            deadline: Box::pin(drain_deadline(exited.clone())),
+            exited,
             past_deadline: false,
             budget: DRAIN_BUDGET_BYTES,
         }
@@ -183,7 +195,9 @@ impl PipeReader {
     /// buffer) means output is pouring out; waiting up to
     /// [`COALESCE_LINGER`] for more makes 8 MiB about 130 messages instead of
     /// thousands of 4 KiB ones, whatever the scheduling. A short read (a line
-    /// from a slow producer) goes out at once.
+    /// from a slow producer) goes out at once, and so does the output of a
+    /// shell that has exited: nothing more is coming from it, whatever a
+    /// background job holding the pipe may do.
     async fn coalesce(
         &mut self,
         pipe: &mut (impl AsyncRead + Unpin),
@@ -191,6 +205,15 @@ impl PipeReader {
         mut filled: usize,
     ) -> usize {
         if filled < BULK_READ_BYTES || self.past_deadline {
+            return filled;
+        }
+        if self.exited.borrow().is_some() {
+            while filled < buf.len() {
+                match pipe.read(&mut buf[filled..]).now_or_never() {
+                    Some(Ok(n)) if n > 0 => filled += n,
+                    _ => break,
+                }
+            }
             return filled;
         }
         let linger = tokio::time::sleep(COALESCE_LINGER);

@@ -215,14 +215,22 @@ async fn env_is_laid_over_the_runtime_env() {
         "echo \"$ONLY_RUNTIME $SHARED ${RUNTIMEUSE_AUTH_TOKEN-unset}\"",
         &[("SHARED", "cmd")],
     );
-    let (result, _) = drive(run_with_base_env(&cmd, &rig.ctx(), base.clone()), &mut rx).await;
+    let (result, _) = drive(
+        run_with_base_env(&cmd, &rig.ctx(), BaseEnv::Explicit(base.clone())),
+        &mut rx,
+    )
+    .await;
     assert_eq!(result.unwrap().stdout, "r cmd unset\n");
     // Not even when the command itself asks for it.
     let cmd = with_env(
         "echo ${RUNTIMEUSE_AUTH_TOKEN-unset}",
         &[(crate::config::AUTH_TOKEN_ENV, "explicit")],
     );
-    let (result, _) = drive(run_with_base_env(&cmd, &rig.ctx(), base), &mut rx).await;
+    let (result, _) = drive(
+        run_with_base_env(&cmd, &rig.ctx(), BaseEnv::Explicit(base)),
+        &mut rx,
+    )
+    .await;
     assert_eq!(result.unwrap().stdout, "unset\n");
 }
 

@@ -19,6 +19,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 use crate::process;
 use crate::redact::Redactor;
@@ -45,6 +46,9 @@ pub(crate) struct HandlerProcess {
     /// Parsed stdout lines; closed at EOF.
     pub(super) events: mpsc::Receiver<Event>,
     stdout_task: JoinHandle<()>,
+    /// Fired when the stdout reader stops (EOF, a read error, a protocol
+    /// violation): the process can answer no more invocations.
+    stdout_done: CancellationToken,
     stderr_task: JoinHandle<()>,
     stderr_tail: StderrTail,
     /// The secrets of the invocation in progress, for the pipe tasks.
@@ -75,13 +79,13 @@ impl HandlerProcess {
         };
         let redactor = SharedRedactor::new(redactor.into());
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
-        let stdout_task = tokio::spawn(pipes::read_stdout(
-            stdout,
-            tx,
-            max_line,
-            redactor.clone(),
-            pgid,
-        ));
+        let stdout_done = CancellationToken::new();
+        let done_when_dropped = stdout_done.clone().drop_guard();
+        let reader = pipes::read_stdout(stdout, tx, max_line, redactor.clone(), pgid);
+        let stdout_task = tokio::spawn(async move {
+            let _done = done_when_dropped;
+            reader.await;
+        });
         let stderr_tail = StderrTail::default();
         let stderr_task = tokio::spawn(pipes::read_stderr(
             stderr,
@@ -97,6 +101,7 @@ impl HandlerProcess {
             stdin: Some(stdin),
             events,
             stdout_task,
+            stdout_done,
             stderr_task,
             stderr_tail,
             redactor,
@@ -108,6 +113,13 @@ impl HandlerProcess {
     /// The process id, which is also its process group id.
     pub(crate) fn pid(&self) -> u32 {
         self.pgid
+    }
+
+    /// Fires once the process can answer no more invocations (its stdout
+    /// reader stopped), so an idle process can be watched without
+    /// borrowing it.
+    pub(crate) fn stdout_done(&self) -> CancellationToken {
+        self.stdout_done.clone()
     }
 
     /// The longest stdout line this process may write.
@@ -213,16 +225,46 @@ impl HandlerProcess {
         kill_grace: Duration,
         redactor: &Redactor,
     ) -> HandlerError {
-        let natural = timeout(EXIT_WAIT, self.child.wait()).await.ok();
-        let status = self.end(kill_grace).await;
-        let how = match (natural, status) {
-            (Some(Ok(status)), _) => format!("exited before sending a result ({status})"),
-            (_, Some(status)) => {
+        let how = match self.end_after_exit(kill_grace).await {
+            Ended::Exited(status) => format!("exited before sending a result ({status})"),
+            Ended::Terminated(status) => {
                 format!("closed its stdout without sending a result and was terminated ({status})")
             }
-            _ => "stopped before sending a result".to_owned(),
+            Ended::Unknown => "stopped before sending a result".to_owned(),
         };
-        let mut text = format!("agent handler {} {how}", self.command.display);
+        let text = format!("agent handler {} {how}", self.command.display);
+        HandlerError::Failed(
+            redactor
+                .redact_str(&self.with_stderr_tail(text))
+                .into_owned(),
+        )
+    }
+
+    /// Ends a process that stopped answering while nobody was using it (a
+    /// spare), and says how it went: exit status and last stderr lines.
+    pub(crate) async fn exit_report(&mut self, kill_grace: Duration) -> String {
+        let how = match self.end_after_exit(kill_grace).await {
+            Ended::Exited(status) => status.to_string(),
+            Ended::Terminated(status) => format!("closed its stdout; terminated ({status})"),
+            Ended::Unknown => "stopped".to_owned(),
+        };
+        self.with_stderr_tail(how)
+    }
+
+    /// Gives the leader [`EXIT_WAIT`] to exit on its own, then ends the
+    /// group.
+    async fn end_after_exit(&mut self, kill_grace: Duration) -> Ended {
+        let natural = timeout(EXIT_WAIT, self.child.wait()).await.ok();
+        let status = self.end(kill_grace).await;
+        match (natural, status) {
+            (Some(Ok(status)), _) => Ended::Exited(status),
+            (_, Some(status)) => Ended::Terminated(status),
+            _ => Ended::Unknown,
+        }
+    }
+
+    /// `text`, followed by the last stderr lines if there are any.
+    fn with_stderr_tail(&self, mut text: String) -> String {
         let tail = self
             .stderr_tail
             .lock()
@@ -231,7 +273,7 @@ impl HandlerProcess {
             text.push_str("; last stderr lines:\n");
             text.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n"));
         }
-        HandlerError::Failed(redactor.redact_str(&text).into_owned())
+        text
     }
 
     /// Ends the handler for breaking the protocol.
@@ -245,6 +287,16 @@ impl HandlerProcess {
         let text = format!("agent handler {} {what}", self.command.display);
         HandlerError::Failed(redactor.redact_str(&text).into_owned())
     }
+}
+
+/// How a process that stopped answering ended.
+enum Ended {
+    /// It exited on its own, with this status.
+    Exited(ExitStatus),
+    /// It was terminated after the wait, with this status.
+    Terminated(ExitStatus),
+    /// Its status could not be read.
+    Unknown,
 }
 
 impl Drop for HandlerProcess {

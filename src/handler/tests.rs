@@ -10,6 +10,7 @@ use crate::wire::OutboundMessage;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::BufReader;
 use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
@@ -134,7 +135,7 @@ impl Fixture {
         let (outbox, rx) = Outbox::channel(64);
         Self {
             _dir: dir,
-            host: HandlerHost::new(Arc::new(command)),
+            host: HandlerHost::new(SparePool::none(Arc::new(command))),
             outbox,
             rx,
             redactor: Redactor::default(),
@@ -523,7 +524,7 @@ async fn a_line_over_the_limit_fails() {
     let script = write_script(dir.path(), "handler.py", PY_HANDLER, 0o644);
     let command = HandlerCommand::resolve(&AgentSource::Path(script)).unwrap();
     let mut f = Fixture::with(dir, command);
-    f.host = HandlerHost::new(f.host.command.clone()).with_max_line_bytes(1024);
+    f.host = HandlerHost::new(f.host.spares.clone()).with_max_line_bytes(1024);
     let msg = failed(f.run("long_line").await);
     assert!(msg.contains("wrote a line longer than 1024 bytes"), "{msg}");
     assert_eq!(text_of(f.run("text").await), "hello");

@@ -8,8 +8,10 @@ const TOKEN: &str = "unit-test-token";
 /// A server on 127.0.0.1:0 (its handler is never run: these tests send
 /// no invocation), and the token that stops it.
 async fn start(config: Config) -> (SocketAddr, CancellationToken) {
+    // Its handler is never run (these tests send no invocation): no spares.
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        spare_handlers: 0,
         ..config
     };
     let handler = HandlerCommand {

@@ -112,6 +112,23 @@ def install_shared_cache(shared: pathlib.Path) -> tuple[pathlib.Path, dict]:
     return cache, json.loads(record.read_text())
 
 
+def handler_processes(runtime_pid: int) -> list[int]:
+    """The runtime's children that run a bundled Node handler (serving a
+    session, or spare)."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == runtime_pid and b"handler.mjs" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
 @dataclasses.dataclass
 class Rig:
     """One agent, its mock API and a warm runtime serving it."""
@@ -151,13 +168,14 @@ def start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, *args, env
 
 
 @contextlib.contextmanager
-def agent_rig(agent, cache, start_runtime, tmp_path):
-    """A `Rig` for `agent`: its mock API, and a warm runtime serving it from
-    `cache` whose agents' attempts to leave loopback fail the test."""
+def agent_rig(agent, cache, start_runtime, tmp_path, *args):
+    """A `Rig` for `agent`: its mock API, and a warm runtime (with `args`)
+    serving it from `cache` whose agents' attempts to leave loopback fail
+    the test."""
     mock = mock_for(agent)
     with refusing_proxy() as proxy:
         try:
-            runtime = start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy)
+            runtime = start_agent_runtime(start_runtime, agent, cache, tmp_path, proxy, *args)
             workdir = tmp_path / "work"
             workdir.mkdir()
             yield Rig(agent, mock, runtime, workdir)

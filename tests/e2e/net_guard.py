@@ -77,12 +77,14 @@ def outside_loopback(trace: str) -> list[str]:
 
 
 class SyscallGuard:
-    """`strace -f -p PID` recording network destinations into `path`."""
+    """`strace -f -p PID...` recording network destinations into `path`:
+    the processes given, their threads, and everything they start."""
 
-    def __init__(self, pid: int, path):
+    def __init__(self, pids: list[int], path):
         self.path = path
+        attach = [arg for pid in pids for arg in ("-p", str(pid))]
         self._strace = subprocess.Popen(
-            ["strace", "-f", "-e", "trace=connect,sendto,sendmsg", "-e", "signal=none", "-o", str(path), "-p", str(pid)],
+            ["strace", "-f", "-e", "trace=connect,sendto,sendmsg", "-e", "signal=none", "-o", str(path), *attach],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -96,7 +98,7 @@ class SyscallGuard:
                 return
             if not line and self._strace.poll() is not None:
                 break
-        raise RuntimeError(f"strace did not attach to {pid} (exit {self._strace.poll()})")
+        raise RuntimeError(f"strace did not attach to {pids} (exit {self._strace.poll()})")
 
     def stop(self) -> str:
         """Detaches; returns the trace."""

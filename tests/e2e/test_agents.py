@@ -14,7 +14,10 @@ import pytest
 from runtimeuse_client import AgentRuntimeError, CancelledException, RuntimeUseClient
 
 from agent_rig import (
+    AGENTS,
+    agent_rig,
     api_env,
+    handler_processes,
     key_variable,
     mock_for,
     query_options,
@@ -179,35 +182,25 @@ def test_cancel_ends_the_command_the_agent_started(rig, tmp_path):
     run(main())
 
 
-def handler_processes(runtime_pid: int) -> list[int]:
-    """The runtime's children that run a bundled Node handler."""
-    pids = []
-    for pid in pgrep("handler.mjs"):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == runtime_pid:
-            pids.append(pid)
-    return pids
+@pytest.mark.parametrize("agent", AGENTS)
+def test_two_sessions_at_once_get_their_own_handler_processes(agent, agent_cache, start_runtime, tmp_path):
+    # No spare handler, so every handler process is one a session asked for.
+    with agent_rig(agent, agent_cache, start_runtime, tmp_path, "--spare-handlers", "0") as rig:
 
+        async def main():
+            clients = [RuntimeUseClient(ws_url=rig.runtime.url) for _ in range(2)]
+            tasks = [asyncio.create_task(c.query("MOCK:HANG", rig.options())) for c in clients]
+            # Both model requests in flight at the same time...
+            assert await asyncio.to_thread(rig.mock.wait_hanging, 2)
+            # ...from two handler processes.
+            assert len(handler_processes(rig.runtime.proc.pid)) == 2
+            for client in clients:
+                client.abort()
+            for task in tasks:
+                with pytest.raises(CancelledException):
+                    await asyncio.wait_for(task, 5)
 
-def test_two_sessions_at_once_get_their_own_handler_processes(rig):
-    async def main():
-        clients = [RuntimeUseClient(ws_url=rig.runtime.url) for _ in range(2)]
-        tasks = [asyncio.create_task(c.query("MOCK:HANG", rig.options())) for c in clients]
-        # Both model requests in flight at the same time...
-        assert await asyncio.to_thread(rig.mock.wait_hanging, 2)
-        # ...from two handler processes.
-        assert len(handler_processes(rig.runtime.proc.pid)) == 2
-        for client in clients:
-            client.abort()
-        for task in tasks:
-            with pytest.raises(CancelledException):
-                await asyncio.wait_for(task, 5)
-
-    run(main())
+        run(main())
 
 
 @pytest.mark.parametrize("agent", ["openai", "claude"])
@@ -222,7 +215,11 @@ def test_agents_keep_to_loopback(agent, agent_cache, start_runtime, tmp_path):
         runtime = start_agent_runtime(
             start_runtime, agent, agent_cache, tmp_path, proxy, env=api_env(agent, mock)
         )
-        guard = SyscallGuard(runtime.proc.pid, tmp_path / "strace.txt")
+        # The spare handler the first query will take is running already:
+        # watched from the start, like the runtime.
+        assert wait_until(lambda: handler_processes(runtime.proc.pid), 60)
+        pids = [runtime.proc.pid, *handler_processes(runtime.proc.pid)]
+        guard = SyscallGuard(pids, tmp_path / "strace.txt")
         try:
             schema = json.dumps({"type": "json_schema", "schema": SCHEMA})
 
