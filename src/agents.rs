@@ -3,22 +3,28 @@
 //!
 //! - `echo` runs in the runtime binary itself, as the hidden
 //!   [`ECHO_SUBCOMMAND`] ([`echo`]), so it needs nothing installed;
-//! - `openai` and `claude` are scripts compiled into the binary and written
-//!   to a cache directory on first use ([`scripts`]).
+//! - `openai` and `claude` are Node handlers on the vendors' agent SDKs,
+//!   embedded in the binary and installed into the cache directory on first
+//!   use ([`node`]).
 //!
 //! A new bundled agent is one more arm in [`resolve`] plus, if it ships
 //! files, a module here that puts them on disk.
 
 pub(crate) mod echo;
-pub(crate) mod scripts;
+pub(crate) mod node;
 
-use crate::handler::{HandlerCommand, HandlerError, find_program};
+use crate::embedded::CacheDirs;
+use crate::handler::{HandlerCommand, HandlerError};
 
 /// Hidden subcommand of the runtime binary that runs the bundled echo handler.
 pub(crate) const ECHO_SUBCOMMAND: &str = "__echo-handler";
 
-/// Resolves a bundled agent by name.
-pub(crate) fn resolve(name: &str) -> Result<HandlerCommand, HandlerError> {
+/// Resolves a bundled agent by name; a Node agent is installed into `cache`
+/// first if it is not there yet (this may run `npm ci`: call it at startup).
+pub(crate) fn resolve(name: &str, cache: &CacheDirs) -> Result<HandlerCommand, HandlerError> {
+    if let Some(agent) = node::node_agent(name) {
+        return node::prepare(agent, cache).map_err(|e| HandlerError::Failed(e.to_string()));
+    }
     match name {
         "echo" => {
             let exe = std::env::current_exe().map_err(|e| {
@@ -33,33 +39,9 @@ pub(crate) fn resolve(name: &str) -> Result<HandlerCommand, HandlerError> {
                 env: Vec::new(),
             })
         }
-        "openai" | "claude" => resolve_bundled_script(name),
         other => Err(HandlerError::Failed(format!(
             "unknown bundled agent {other:?}: choose one of echo, openai, claude \
              (or pass --handler PATH)"
         ))),
     }
-}
-
-/// The openai and claude handlers are Python scripts embedded in the
-/// binary; they are written to a cache directory and run with python3.
-fn resolve_bundled_script(name: &str) -> Result<HandlerCommand, HandlerError> {
-    let path = scripts::script_path(name)
-        .map_err(|e| {
-            HandlerError::Failed(format!(
-                "bundled handler {name}: cannot write its script: {e}"
-            ))
-        })?
-        .ok_or_else(|| HandlerError::Failed(format!("bundled handler {name} is missing")))?;
-    let python = find_program("python3").ok_or_else(|| {
-        HandlerError::Failed(format!(
-            "bundled handler {name} needs python3, which is not on PATH (or use --agent echo / --handler PATH)"
-        ))
-    })?;
-    Ok(HandlerCommand {
-        program: python,
-        args: vec![path.display().to_string()],
-        display: format!("{name} (bundled)"),
-        env: Vec::new(),
-    })
 }

@@ -16,6 +16,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{AgentSource, Config, TlsFiles};
+use crate::embedded::CacheDirs;
 use crate::logging::{LogFormat, StartupSummary};
 use crate::server::Server;
 
@@ -35,6 +36,11 @@ pub fn main() -> ExitCode {
     }
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("check-handler")) {
         return crate::check_handler::main(std::env::args_os().skip(2));
+    }
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(INSTALL_AGENT)) {
+        let args = InstallAgentCli::parse_from(std::env::args_os().skip(1));
+        crate::logging::init(LogFormat::Text, "info");
+        return install_agent(args);
     }
     let cli = Cli::parse();
     crate::logging::init(cli.log_format, "info");
@@ -74,6 +80,42 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     summary.log(server.local_addr()?);
     server.run().await
+}
+
+/// The subcommand that only installs bundled agents.
+const INSTALL_AGENT: &str = "install-agent";
+
+/// runtimeuse install-agent: install a bundled agent's dependencies (npm
+/// ci) into the cache and exit, for baking agents into a sandbox image or
+/// template so the runtime starts warm there. Prints each agent's
+/// directory.
+#[derive(Debug, Parser)]
+#[command(name = "runtimeuse install-agent")]
+struct InstallAgentCli {
+    /// openai, claude, or all.
+    #[arg(value_parser = ["openai", "claude", "all"])]
+    agent: String,
+
+    /// Install here instead of the default cache directory.
+    #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+/// Installs, progress on stderr, each agent's directory on stdout.
+fn install_agent(args: InstallAgentCli) -> ExitCode {
+    let cache = CacheDirs::new(args.cache_dir.as_deref());
+    match crate::agents::node::install_named(&args.agent, &cache) {
+        Ok(installed) => {
+            for (agent, copy) in installed {
+                println!("{} {}", agent.name, copy.dir.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("runtimeuse: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// runtimeuse: the agent runtime that runs inside a sandbox.
@@ -197,6 +239,11 @@ struct Cli {
     /// Log line format: text, or json (one object per line, for log shippers).
     #[arg(long, env = "RUNTIMEUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Where the openai/claude agents are installed on first use [default:
+    /// $XDG_CACHE_HOME/runtimeuse, else ~/.cache/runtimeuse].
+    #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 /// `--version`: the runtime's version, and the protocols it speaks with the
@@ -213,6 +260,7 @@ Examples:
   runtimeuse --agent echo              # no model, no key: test your client integration
   OPENAI_API_KEY=... runtimeuse        # the OpenAI handler (default) on port 8080
   runtimeuse --handler ./my_agent.py   # your own handler, any language
+  runtimeuse install-agent all         # pre-install the openai and claude agents (image builds)
   runtimeuse check-handler ./my_agent.py   # check a handler against the protocol (see --help)
 
 Logs go to stderr; set RUNTIMEUSE_LOG (e.g. debug, or runtimeuse=debug) to change the level,
@@ -248,6 +296,7 @@ impl Cli {
             http_connect_timeout: self.http_connect_timeout,
             http_read_timeout: self.http_read_timeout,
             extra_ca_cert: self.ca_cert,
+            cache_dir: self.cache_dir,
         }
     }
 }

@@ -99,6 +99,10 @@ pub struct Config {
     /// Extra root certificate(s), PEM, trusted for downloads and uploads
     /// (a corporate proxy, a test server).
     pub extra_ca_cert: Option<PathBuf>,
+    /// Where the bundled Node agents are installed; `None`: the user's
+    /// cache directory (`$XDG_CACHE_HOME/runtimeuse`, else
+    /// `~/.cache/runtimeuse`, else a private directory in the temp dir).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Paths of the PEM files that turn on TLS.
@@ -131,6 +135,7 @@ impl Default for Config {
             http_connect_timeout: Duration::from_secs(10),
             http_read_timeout: Duration::from_secs(30),
             extra_ca_cert: None,
+            cache_dir: None,
         }
     }
 }

@@ -34,9 +34,6 @@ pub mod cli;
 mod commands;
 mod config;
 mod downloads;
-// Part of it (the agents' tree and helpers) is used only once the bundled
-// Node agents are wired in; drop this allow then.
-#[allow(dead_code)]
 mod embedded;
 mod frames;
 mod handler;

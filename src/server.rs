@@ -42,6 +42,7 @@ use tracing::Instrument;
 
 use crate::auth::{self, TokenAuth};
 use crate::config::{Config, Secret};
+use crate::embedded::CacheDirs;
 use crate::handler::{HandlerCommand, SparePool};
 use crate::http::{HttpClient, HttpOptions};
 use crate::session::{self, SessionShared};
@@ -71,11 +72,17 @@ struct ServerState {
 }
 
 impl Server {
-    /// Resolves the handler, loads the TLS files and binds the port, failing
-    /// early and clearly if any is impossible (before a client connects).
+    /// Resolves the handler (installing a bundled Node agent on first use),
+    /// loads the TLS files and binds the port, failing early and clearly if
+    /// any is impossible (before a client connects).
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        // A bundled Node agent may run `npm ci` here: off the async threads.
+        let cache = CacheDirs::new(config.cache_dir.as_deref());
+        let agent = config.agent.clone();
         let handler =
-            HandlerCommand::resolve(&config.agent).context("cannot use the agent handler")?;
+            tokio::task::spawn_blocking(move || HandlerCommand::resolve_in(&agent, &cache))
+                .await?
+                .context("cannot use the agent handler")?;
         Self::bind_with_handler(config, handler).await
     }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::config::AgentSource;
+use crate::embedded::CacheDirs;
 use crate::process;
 
 use super::HandlerError;
@@ -41,9 +42,18 @@ impl HandlerCommand {
     /// The server calls it at startup so a wrong flag fails before any
     /// client connects; an embedding program can call it to check a
     /// configuration early.
+    ///
+    /// A bundled Node agent (`openai`, `claude`) is installed into the
+    /// default cache directory first if it is not there yet (`npm ci`).
     pub fn resolve(agent: &AgentSource) -> Result<Self, HandlerError> {
+        Self::resolve_in(agent, &CacheDirs::new(None))
+    }
+
+    /// [`HandlerCommand::resolve`] with the bundled Node agents installed
+    /// in (or taken from) `cache`.
+    pub(crate) fn resolve_in(agent: &AgentSource, cache: &CacheDirs) -> Result<Self, HandlerError> {
         match agent {
-            AgentSource::Bundled(name) => crate::agents::resolve(name),
+            AgentSource::Bundled(name) => crate::agents::resolve(name, cache),
             AgentSource::Path(path) => resolve_path(path),
         }
     }

@@ -703,13 +703,7 @@ fn resolve_bundled() {
     let cmd = HandlerCommand::resolve(&AgentSource::Bundled("echo".into())).unwrap();
     assert_eq!(cmd.program, std::env::current_exe().unwrap());
     assert_eq!(cmd.args, [ECHO_SUBCOMMAND]);
-
-    for name in ["openai", "claude"] {
-        let cmd = HandlerCommand::resolve(&AgentSource::Bundled(name.into())).unwrap();
-        assert!(cmd.program.ends_with("python3"), "{cmd:?}");
-        let script = std::fs::read_to_string(&cmd.args[0]).unwrap();
-        assert_eq!(script, crate::agents::scripts::script(name).unwrap());
-    }
+    // openai and claude need npm: tests/e2e/test_agent_install.py.
 
     let err = HandlerCommand::resolve(&AgentSource::Bundled("gpt".into()))
         .unwrap_err()

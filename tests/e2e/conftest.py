@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from agent_rig import AGENTS, agent_rig, install_shared_cache
 from helpers import PY_HANDLER, Runtime, process_group_members
 from http_fixtures import ForwardProxy, HttpFixture
 
@@ -22,7 +23,7 @@ def start_runtime(tmp_path):
     started = []
     attempts = itertools.count()
 
-    def start(*args, env=None, scheme="ws", preexec_fn=None, command=None):
+    def start(*args, env=None, scheme="ws", preexec_fn=None, command=None, ready_timeout=20):
         # Numbered by attempt, not by success: a runtime that fails to start
         # (tests of startup errors) must not make the next one collide.
         n = next(attempts)
@@ -37,6 +38,7 @@ def start_runtime(tmp_path):
             cwd=workdir,
             preexec_fn=preexec_fn,
             command=command,
+            ready_timeout=ready_timeout,
         )
         started.append(rt)
         return rt
@@ -90,3 +92,25 @@ def forward_proxy():
     proxy = ForwardProxy()
     yield proxy
     proxy.close()
+
+
+@pytest.fixture(scope="session")
+def agent_cache(tmp_path_factory) -> pathlib.Path:
+    """A cache directory with both bundled agents installed, shared by the
+    xdist workers of the run (installed once, by `install-agent all`)."""
+    cache, outcome = install_shared_cache(tmp_path_factory.getbasetemp().parent)
+    assert outcome["returncode"] == 0, outcome["stderr"][-3000:]
+    return cache
+
+
+@pytest.fixture(scope="session")
+def cold_install(tmp_path_factory, agent_cache) -> dict:
+    """How this run's `install-agent all` into the empty `agent_cache` went."""
+    return install_shared_cache(tmp_path_factory.getbasetemp().parent)[1]
+
+
+@pytest.fixture(params=AGENTS)
+def rig(request, agent_cache, start_runtime, tmp_path):
+    """Each bundled agent in turn, with its mock API and a warm runtime."""
+    with agent_rig(request.param, agent_cache, start_runtime, tmp_path) as rig:
+        yield rig

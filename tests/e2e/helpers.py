@@ -71,7 +71,7 @@ def wait_until(predicate, timeout=10.0, interval=0.02):
 class Runtime:
     """One running `runtimeuse` process."""
 
-    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None, command=None):
+    def __init__(self, args, env=None, log_path=None, scheme="ws", cwd=None, preexec_fn=None, command=None, ready_timeout=20):
         self.port = free_port()
         self.scheme = scheme
         self.log_path = log_path
@@ -89,14 +89,14 @@ class Runtime:
             start_new_session=True,
             preexec_fn=preexec_fn,
         )
-        self._wait_ready()
+        self._wait_ready(ready_timeout)
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def _wait_ready(self):
-        deadline = time.monotonic() + 20
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"runtime exited early ({self.proc.returncode}):\n{self.log()}")
