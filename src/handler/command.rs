@@ -54,7 +54,7 @@ impl HandlerCommand {
     pub(crate) fn resolve_in(agent: &AgentSource, cache: &CacheDirs) -> Result<Self, HandlerError> {
         match agent {
             AgentSource::Bundled(name) => crate::agents::resolve(name, cache),
-            AgentSource::Path(path) => resolve_path(path),
+            AgentSource::Path(path) => resolve_path(path, cache),
         }
     }
 
@@ -103,9 +103,10 @@ const INTERPRETERS: &[(&str, &str)] = &[
     ("rb", "ruby"),
 ];
 
-/// `--handler PATH`: how to start it, and the SDKs in its environment.
-pub(crate) fn resolve_path(path: &Path) -> Result<HandlerCommand, HandlerError> {
-    resolve_path_with(path, Sdks::shared())
+/// `--handler PATH`: how to start it, and the SDKs (unpacked into `cache`)
+/// in its environment.
+pub(crate) fn resolve_path(path: &Path, cache: &CacheDirs) -> Result<HandlerCommand, HandlerError> {
+    resolve_path_with(path, Sdks::unpack_or_warn(cache).as_ref())
 }
 
 /// [`resolve_path`] with the SDKs given (None: unavailable).

@@ -20,7 +20,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use crate::embedded::{CacheDirs, HANDLER_SDKS, InstallError};
 
@@ -41,19 +40,16 @@ impl Sdks {
         Ok(Self::at(&installed.dir))
     }
 
-    /// The SDKs in the default cache directory, unpacked once per process;
-    /// None (after one warning) if that cannot be done.
-    pub(crate) fn shared() -> Option<&'static Self> {
-        static SHARED: OnceLock<Option<Sdks>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| match Self::unpack(&CacheDirs::new(None)) {
-                Ok(sdks) => Some(sdks),
-                Err(e) => {
-                    tracing::warn!("handler SDKs unavailable, handlers run without them: {e}");
-                    None
-                }
-            })
-            .as_ref()
+    /// The SDKs unpacked into `cache` (the runtime's `--cache-dir`); None,
+    /// after a warning, if that cannot be done. Called once at start-up.
+    pub(crate) fn unpack_or_warn(cache: &CacheDirs) -> Option<Self> {
+        match Self::unpack(cache) {
+            Ok(sdks) => Some(sdks),
+            Err(e) => {
+                tracing::warn!("handler SDKs unavailable, handlers run without them: {e}");
+                None
+            }
+        }
     }
 
     pub(super) fn at(unpacked: &Path) -> Self {

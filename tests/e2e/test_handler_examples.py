@@ -239,3 +239,17 @@ def test_check_handler_fails_stray_stdout_and_an_ignored_cancel(tmp_path):
 
     done = check_handler(tmp_path / "missing.py")
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_the_sdks_are_unpacked_into_the_cache_dir_given(start_runtime, tmp_path):
+    """`--cache-dir` holds the SDKs a handler imports, like the agents."""
+    cache = tmp_path / "cache"
+    path, handler = HANDLERS["python"]
+    rt = start_runtime("--handler", str(path), "--cache-dir", str(cache))
+
+    async def main():
+        r = await RuntimeUseClient(ws_url=rt.url).query("ECHO:hi", qopts())
+        assert (r.data.text, r.metadata) == ("hi", {"handler": handler})
+
+    run(main())
+    assert list(cache.glob("*/handlers/sdk/python/runtimeuse_handler")), sorted(cache.rglob("*"))[:20]
