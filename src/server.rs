@@ -433,6 +433,9 @@ const WS_WRITE_BUFFER_BYTES: usize = 128 * 1024;
 const WS_MAX_WRITE_BUFFER_BYTES: usize =
     WS_WRITE_BUFFER_BYTES + crate::wire::MAX_OUTBOUND_FRAME_BYTES + 64 * 1024;
 
+// tungstenite panics on a bound that does not exceed the gather buffer.
+const _: () = assert!(WS_MAX_WRITE_BUFFER_BYTES > WS_WRITE_BUFFER_BYTES);
+
 fn unauthorized() -> Response<Body> {
     let mut response = plain(StatusCode::UNAUTHORIZED, auth::UNAUTHORIZED_BODY);
     response.headers_mut().insert(

@@ -37,7 +37,7 @@ use crate::outbox::Outbox;
 use crate::request::{self, Phase, Request, RequestContext};
 use crate::wire::{InboundMessage, OutboundMessage};
 
-use liveness::Liveness;
+use liveness::LivenessLimits;
 use secrets::SessionSecrets;
 pub(crate) use write_watch::{WriteStall, WriteWatch};
 use writer::write_loop;
@@ -110,12 +110,11 @@ where
         close_reason.clone(),
         ping.clone(),
     ));
-    let mut liveness = Liveness::new(
-        shared.config.ping_interval,
-        shared.config.ping_timeout,
-        stall,
-        ping,
-    );
+    let limits = LivenessLimits {
+        ping_interval: shared.config.ping_interval,
+        ping_timeout: shared.config.ping_timeout,
+    };
+    let peer = liveness::watch(&limits, stall, ping, writer.abort_handle());
     let handler = HandlerHost::new(shared.spares.clone());
     let mut session = Session {
         shared: shared.clone(),
@@ -145,7 +144,7 @@ where
                 break;
             }
             frame = stream.next() => {
-                liveness.heard();
+                peer.heard();
                 if let Flow::Close = session.on_frame(frame).await {
                     break;
                 }
@@ -158,13 +157,14 @@ where
                 shutting_down = true;
                 session.begin_shutdown();
             }
-            dead = liveness.peer_dead() => {
-                dead.log();
+            () = peer.dead() => {
                 peer_gone = true;
                 break;
             }
         }
     }
+    // No more pings or verdicts: the connection is closing either way.
+    drop(peer);
     if let Some(drain) = drain {
         // The client left mid-drain: nobody will answer announcements.
         drain.abort();

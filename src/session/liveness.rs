@@ -18,12 +18,21 @@
 //! The session then drops the connection as if the client had closed it:
 //! the running request is cancelled, its processes are killed and the
 //! slot is freed.
+//!
+//! The checks run as their own task ([`watch`]), not in the session's read
+//! loop: that loop may itself be waiting for room in the outbox (to answer
+//! a message while the client reads nothing), and would never get round to
+//! them. On a dead peer the task aborts the writer, which closes the outbox
+//! and so releases everyone waiting on it, the read loop included.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::write_watch::WriteStall;
 
@@ -83,7 +92,7 @@ impl Keepalive {
 
 /// Why the session decided its client is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PeerDead {
+enum PeerDead {
     /// No frame within the ping timeout after a ping.
     NoPong(Duration),
     /// The socket took no byte for the ping timeout.
@@ -92,7 +101,7 @@ pub(super) enum PeerDead {
 
 impl PeerDead {
     /// The operator's log line: what was seen, and which flag bounds it.
-    pub(super) fn log(self) {
+    fn log(self) {
         match self {
             Self::NoPong(timeout) => tracing::warn!(
                 ?timeout,
@@ -107,44 +116,92 @@ impl PeerDead {
     }
 }
 
+/// The session's handle on its liveness task.
+pub(super) struct PeerWatch {
+    heard: Arc<Notify>,
+    dead: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl PeerWatch {
+    /// A frame arrived from the client: it is alive.
+    pub(super) fn heard(&self) {
+        self.heard.notify_one();
+    }
+
+    /// Resolves once the client was found dead (the writer is gone by then).
+    pub(super) async fn dead(&self) {
+        self.dead.cancelled().await;
+    }
+}
+
+impl Drop for PeerWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The settings of the checks; zero durations turn the matching one off.
+pub(super) struct LivenessLimits {
+    /// `--ping-interval`.
+    pub(super) ping_interval: Duration,
+    /// `--ping-timeout`.
+    pub(super) ping_timeout: Duration,
+}
+
+/// Starts the liveness task of one session: it asks the writer for pings
+/// through `ping`, and on a dead peer aborts `writer`.
+pub(super) fn watch(
+    limits: &LivenessLimits,
+    stall: WriteStall,
+    ping: Arc<Notify>,
+    writer: AbortHandle,
+) -> PeerWatch {
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let heard = Arc::new(Notify::new());
+    let dead = CancellationToken::new();
+    let mut checks = Liveness {
+        keepalive: Keepalive::new(
+            nonzero(limits.ping_interval),
+            nonzero(limits.ping_timeout),
+            Instant::now(),
+        ),
+        stall,
+        stall_limit: nonzero(limits.ping_timeout),
+        ping,
+        heard: heard.clone(),
+    };
+    let token = dead.clone();
+    let task = tokio::spawn(
+        async move {
+            checks.peer_dead().await.log();
+            writer.abort();
+            token.cancel();
+        }
+        .in_current_span(),
+    );
+    PeerWatch { heard, dead, task }
+}
+
 /// One session's liveness checks: pings out through the writer, frames
 /// heard from the reader, stalls from the socket.
-pub(super) struct Liveness {
+struct Liveness {
     keepalive: Keepalive,
     stall: WriteStall,
     /// `None`: a stalled socket is waited on forever.
     stall_limit: Option<Duration>,
     /// Asks the writer (the only owner of the socket's write half) to ping.
     ping: Arc<Notify>,
+    /// Rung by the read loop on every frame.
+    heard: Arc<Notify>,
 }
 
 impl Liveness {
-    /// Zero durations turn the matching check off.
-    pub(super) fn new(
-        interval: Duration,
-        timeout: Duration,
-        stall: WriteStall,
-        ping: Arc<Notify>,
-    ) -> Self {
-        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-        Self {
-            keepalive: Keepalive::new(nonzero(interval), nonzero(timeout), Instant::now()),
-            stall,
-            stall_limit: nonzero(timeout),
-            ping,
-        }
-    }
-
-    /// A frame arrived from the client.
-    pub(super) fn heard(&mut self) {
-        self.keepalive.heard(Instant::now());
-    }
-
     /// Sends pings as they fall due; resolves once the client is dead.
-    /// Cancel-safe: the schedule is updated before each await.
-    pub(super) async fn peer_dead(&mut self) -> PeerDead {
+    async fn peer_dead(&mut self) -> PeerDead {
         loop {
             tokio::select! {
+                () = self.heard.notified() => self.keepalive.heard(Instant::now()),
                 due = next(&self.keepalive) => match due {
                     Due::Ping => {
                         self.ping.notify_one();

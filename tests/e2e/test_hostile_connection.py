@@ -189,6 +189,10 @@ def test_a_peer_that_never_reads_its_output_is_dropped_and_its_command_killed(st
     # Endless output: the pipe, the outbox and the socket fill, then stall.
     peer.send_json(command_execution([f"yes {marker}"]))
     assert wait_until(lambda: pgrep(marker), timeout=30), "the command did not start"
+    # A second request must be refused ("already running"): with the outbox
+    # full that answer cannot be queued, so the read loop waits on it. The
+    # dead peer must be noticed all the same.
+    peer.send_json(command_execution(["echo second"]))
     assert wait_until(lambda: not pgrep(marker), timeout=60), (
         "the command of a client that reads nothing still runs"
     )
