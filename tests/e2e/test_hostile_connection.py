@@ -15,8 +15,11 @@ import base64
 import json
 import os
 import select
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 
 from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, RuntimeUseClient
@@ -224,6 +227,44 @@ def test_a_peer_that_vanished_is_dropped_its_command_killed_and_its_slot_freed(s
     result = execute(rt.url, ["echo next-client"])
     assert result.results[0].stdout.strip() == "next-client"
     peer.close()
+
+
+CLIENT_SCRIPT = """
+import asyncio, os, sys
+from runtimeuse_client import CommandInterface, ExecuteCommandsOptions, RuntimeUseClient
+client = RuntimeUseClient(ws_url=sys.argv[1])
+command = CommandInterface(command=os.environ["COMMAND"])
+asyncio.run(client.execute_commands([command], ExecuteCommandsOptions()))
+"""
+
+
+def test_a_stopped_real_client_is_dropped_and_its_command_killed(start_runtime, tmp_path):
+    """The real client, frozen mid-request (SIGSTOP): its kernel keeps the
+    TCP connection open and acknowledges, but nothing answers pings."""
+    rt = start_runtime(
+        "--agent", "echo",
+        env={"RUNTIMEUSE_PING_INTERVAL": "200ms", "RUNTIMEUSE_PING_TIMEOUT": "1s"},
+    )
+    marker = unique("stopped")
+    started, wait_started = fifo_signal(tmp_path)
+    sleep = sleeper(tmp_path, marker)
+    # The command goes in the environment: in argv, `pgrep -f` would find
+    # the client itself.
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_SCRIPT, rt.url],
+        env=dict(os.environ, COMMAND=f"echo up > {started}; {sleep} 600"),
+    )
+    try:
+        wait_started()
+        client.send_signal(signal.SIGSTOP)
+        assert wait_until(lambda: not pgrep(marker), timeout=60), (
+            "the command of a frozen client still runs"
+        )
+        assert "answered no ping within --ping-timeout" in rt.log()
+        assert wait_until(lambda: active_sessions(rt) == 0), "the frozen client still holds its slot"
+    finally:
+        client.kill()
+        client.wait()
 
 
 def test_an_idle_peer_that_answers_pings_is_kept(start_runtime):
