@@ -367,6 +367,20 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_flags_take_durations_and_zero_turns_them_off() {
+        let cli = Cli::parse_from([
+            "runtimeuse",
+            "--ping-interval",
+            "500ms",
+            "--ping-timeout",
+            "0",
+        ]);
+        let config = cli.into_config();
+        assert_eq!(config.ping_interval, Duration::from_millis(500));
+        assert_eq!(config.ping_timeout, Duration::ZERO);
+    }
+
+    #[test]
     fn log_format_flag() {
         let cli = Cli::parse_from(["runtimeuse", "--log-format", "json"]);
         assert_eq!(cli.log_format, LogFormat::Json);

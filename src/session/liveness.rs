@@ -273,6 +273,29 @@ mod tests {
         assert_eq!(k.next_due(), Some((t0 + 10 * SECOND, Due::Ping)));
     }
 
+    /// The task as the session uses it: a silent peer is pinged through the
+    /// writer's notify, then declared dead, and the writer is aborted
+    /// (which is what frees everyone waiting on the outbox).
+    #[tokio::test]
+    async fn a_silent_peer_is_pinged_then_dropped_and_the_writer_aborted() {
+        let writer = tokio::spawn(std::future::pending::<()>());
+        let (_io, stall) = super::super::WriteWatch::new(tokio::io::empty());
+        let ping = Arc::new(Notify::new());
+        let limits = LivenessLimits {
+            ping_interval: Duration::from_millis(10),
+            ping_timeout: Duration::from_millis(50),
+        };
+        let peer = watch(&limits, stall, ping.clone(), writer.abort_handle());
+        tokio::time::timeout(Duration::from_secs(30), ping.notified())
+            .await
+            .expect("a silent peer is pinged");
+        tokio::time::timeout(Duration::from_secs(30), peer.dead())
+            .await
+            .expect("an unanswered ping ends in a verdict");
+        let ended = writer.await.expect_err("the writer was aborted");
+        assert!(ended.is_cancelled());
+    }
+
     #[test]
     fn without_an_interval_nothing_is_ever_due() {
         let k = Keepalive::new(None, Some(SECOND), Instant::now());
