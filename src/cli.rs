@@ -189,6 +189,15 @@ struct Cli {
     #[arg(long, env = "RUNTIMEUSE_MAX_CONNECTIONS", default_value_t = 256)]
     max_connections: usize,
 
+    /// After this long without a frame from a client, ping it (0: never ping).
+    #[arg(long, env = "RUNTIMEUSE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    ping_interval: Duration,
+
+    /// Drop a client that answers no ping within this, or reads nothing for
+    /// this long: its request is cancelled, its slot freed (0: never drop).
+    #[arg(long, env = "RUNTIMEUSE_PING_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    ping_timeout: Duration,
+
     /// Longest a new connection may take for its TLS handshake, and for its
     /// HTTP request head (idle keep-alive connections are closed after it too;
     /// 0 turns it off).
@@ -289,6 +298,8 @@ impl Cli {
             artifact_flush_timeout: self.artifact_flush_timeout,
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
             handshake_timeout: self.handshake_timeout,
             auth_token: self.auth_token.filter(|t| !t.is_empty()).map(Into::into),
             tls,
@@ -353,6 +364,20 @@ mod tests {
         let line = format!("handler protocol: v{}", crate::handler::PROTOCOL_VERSION);
         assert!(LONG_VERSION.lines().any(|l| l == line), "{LONG_VERSION}");
         assert!(LONG_VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn keepalive_flags_take_durations_and_zero_turns_them_off() {
+        let cli = Cli::parse_from([
+            "runtimeuse",
+            "--ping-interval",
+            "500ms",
+            "--ping-timeout",
+            "0",
+        ]);
+        let config = cli.into_config();
+        assert_eq!(config.ping_interval, Duration::from_millis(500));
+        assert_eq!(config.ping_timeout, Duration::ZERO);
     }
 
     #[test]

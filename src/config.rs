@@ -82,6 +82,13 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Most simultaneous client connections (WebSocket sessions).
     pub max_connections: usize,
+    /// After this long without a frame from a client, the runtime pings it
+    /// (zero: never ping).
+    pub ping_interval: Duration,
+    /// A client that answers no ping within this, or reads nothing the
+    /// runtime sends for this long, is dropped as dead: its request is
+    /// cancelled and its connection slot freed (zero: never drop).
+    pub ping_timeout: Duration,
     /// Longest a new connection may take to finish its TLS handshake, and
     /// (separately) to send a complete HTTP request head, before it is
     /// dropped. Also closes idle keep-alive HTTP connections.
@@ -128,6 +135,8 @@ impl Default for Config {
             artifact_flush_timeout: Duration::from_secs(30),
             max_message_bytes: 16 * 1024 * 1024,
             max_connections: 256,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             auth_token: None,
             tls: None,

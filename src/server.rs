@@ -15,6 +15,11 @@
 //! - Then a session slot is reserved atomically (`--max-connections`), else
 //!   503; the slot is held until the session ends.
 //! - Inbound messages over `--max-message-bytes` end the session (1009).
+//! - Outbound, every buffer is bounded: tungstenite's write buffer (so
+//!   pongs owed to a client that pings without reading cannot pile up),
+//!   the session's outbox, and the kernel's socket buffer; a client that
+//!   reads nothing for `--ping-timeout`, or answers no ping within it, is
+//!   dropped (see `session/liveness.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,7 +50,7 @@ use crate::config::{Config, Secret};
 use crate::embedded::CacheDirs;
 use crate::handler::{HandlerCommand, SparePool};
 use crate::http::{HttpClient, HttpOptions};
-use crate::session::{self, SessionShared};
+use crate::session::{self, SessionShared, WriteWatch};
 use crate::tls;
 
 type Body = Full<Bytes>;
@@ -374,6 +379,8 @@ fn upgrade(
     };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER_BYTES)
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -386,10 +393,10 @@ fn upgrade(
         let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
+                let (io, stall) = WriteWatch::new(TokioIo::new(upgraded));
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
                 tracing::info!("session started");
-                session::serve(ws, shared).await;
+                session::serve(ws, stall, shared).await;
             }
             Err(e) => tracing::warn!(error = %e, "websocket upgrade failed"),
         }
@@ -411,6 +418,23 @@ fn upgrade(
 /// messages are small, and a large one still arrives whole, in reads of
 /// this size.
 const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// tungstenite gathers small frames up to this before writing them out
+/// (every message is flushed anyway); its default.
+const WS_WRITE_BUFFER_BYTES: usize = 128 * 1024;
+
+/// The most tungstenite may hold for a client that does not read: the
+/// gather buffer plus one largest outbound frame and its header. Its
+/// default is unbounded, and every ping from a client that never reads
+/// queued one more pong there (gigabytes in seconds). Past this bound a
+/// pong waits for the previous one to be written (a newer pong replaces
+/// it, which RFC 6455 allows), and a message waits for room: backpressure
+/// into the bounded outbox, not growth.
+const WS_MAX_WRITE_BUFFER_BYTES: usize =
+    WS_WRITE_BUFFER_BYTES + crate::wire::MAX_OUTBOUND_FRAME_BYTES + 64 * 1024;
+
+// tungstenite panics on a bound that does not exceed the gather buffer.
+const _: () = assert!(WS_MAX_WRITE_BUFFER_BYTES > WS_WRITE_BUFFER_BYTES);
 
 fn unauthorized() -> Response<Body> {
     let mut response = plain(StatusCode::UNAUTHORIZED, auth::UNAUTHORIZED_BODY);

@@ -7,15 +7,20 @@
 //! [`Outbox`] into the writer task (`writer.rs`), the only place that
 //! touches the socket's write half and the only place that redacts, so no
 //! message can skip redaction.
+//!
+//! A client that vanished or stopped reading is noticed (`liveness.rs`,
+//! `write_watch.rs`) and dropped as if it had closed the connection.
 
+mod liveness;
 mod secrets;
+mod write_watch;
 mod writer;
 
 use std::sync::{Arc, OnceLock};
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -32,7 +37,9 @@ use crate::outbox::Outbox;
 use crate::request::{self, Phase, Request, RequestContext};
 use crate::wire::{InboundMessage, OutboundMessage};
 
+use liveness::LivenessLimits;
 use secrets::SessionSecrets;
+pub(crate) use write_watch::{WriteStall, WriteWatch};
 use writer::write_loop;
 
 /// How many messages may wait for the socket before producers block.
@@ -84,7 +91,8 @@ enum Flow {
 }
 
 /// Serves one WebSocket connection until it closes or the session ends.
-pub(crate) async fn serve<S>(ws: WebSocketStream<S>, shared: Arc<SessionShared>)
+/// `stall` watches the connection's writes (see [`WriteWatch`]).
+pub(crate) async fn serve<S>(ws: WebSocketStream<S>, stall: WriteStall, shared: Arc<SessionShared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -93,13 +101,20 @@ where
     let secrets = SessionSecrets::default();
     let writer_stop = CancellationToken::new();
     let close_reason = Arc::new(OnceLock::new());
+    let ping = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
         secrets.clone(),
         writer_stop.clone(),
         close_reason.clone(),
+        ping.clone(),
     ));
+    let limits = LivenessLimits {
+        ping_interval: shared.config.ping_interval,
+        ping_timeout: shared.config.ping_timeout,
+    };
+    let peer = liveness::watch(&limits, stall, ping, writer.abort_handle());
     let handler = HandlerHost::new(shared.spares.clone());
     let mut session = Session {
         shared: shared.clone(),
@@ -113,6 +128,7 @@ where
         requests_started: 0,
     };
     let mut shutting_down = false;
+    let mut peer_gone = false;
     let mut drain: Option<JoinHandle<()>> = None;
     loop {
         if session.ending && session.current.is_none() && drain.is_none() {
@@ -128,6 +144,7 @@ where
                 break;
             }
             frame = stream.next() => {
+                peer.heard();
                 if let Flow::Close = session.on_frame(frame).await {
                     break;
                 }
@@ -140,8 +157,14 @@ where
                 shutting_down = true;
                 session.begin_shutdown();
             }
+            () = peer.dead() => {
+                peer_gone = true;
+                break;
+            }
         }
     }
+    // No more pings or verdicts: the connection is closing either way.
+    drop(peer);
     if let Some(drain) = drain {
         // The client left mid-drain: nobody will answer announcements.
         drain.abort();
@@ -154,7 +177,10 @@ where
     // regardless.
     writer_stop.cancel();
     let mut writer = writer;
-    if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, &mut writer)
+    if peer_gone {
+        // Nothing sent now would be read: drop the socket at once.
+        writer.abort();
+    } else if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, &mut writer)
         .await
         .is_err()
     {

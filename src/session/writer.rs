@@ -15,6 +15,9 @@
 //!   fills the channel, and the command printing into it blocks on its
 //!   pipe: memory stays bounded whatever the output.
 //!
+//! Pings: the session's liveness check (`liveness.rs`) asks for one
+//! through a [`Notify`]; it goes out between messages, as a control frame.
+//!
 //! Closing: when every outbox is dropped the queue runs dry and the writer
 //! closes the socket. When the session asks it to `stop` while some
 //! background task still holds an outbox, whatever is already queued still
@@ -25,7 +28,7 @@
 use std::sync::{Arc, OnceLock};
 
 use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
@@ -38,19 +41,28 @@ use super::secrets::SessionSecrets;
 /// Drains the outbox into the socket, redacting and bounding every frame.
 ///
 /// Ends when every outbox is dropped, or when `stop` fires: then whatever
-/// is already queued still goes out before the close frame.
+/// is already queued still goes out before the close frame. `ping` asks
+/// for a WebSocket ping (the server's keepalive).
 pub(super) async fn write_loop<S>(
     mut sink: S,
     mut rx: mpsc::Receiver<OutboundMessage>,
     secrets: SessionSecrets,
     stop: CancellationToken,
     close_reason: Arc<OnceLock<CloseFrame>>,
+    ping: Arc<Notify>,
 ) where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     loop {
         let message = tokio::select! {
             biased;
+            () = ping.notified() => {
+                if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                    tracing::info!(error = %e, "could not ping the client; dropping the writer");
+                    return;
+                }
+                continue;
+            }
             message = rx.recv() => message,
             () = stop.cancelled() => rx.try_recv().ok(),
         };
