@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,7 +30,7 @@ use crate::config::Config;
 use crate::handler::{HandlerHost, SparePool};
 use crate::http::HttpClient;
 use crate::outbox::Outbox;
-use crate::request::{self, Phase, Request, RequestContext};
+use crate::request::{self, CancelCause, Canceller, Phase, Request, RequestContext};
 use crate::wire::{InboundMessage, OutboundMessage};
 
 use secrets::SessionSecrets;
@@ -37,6 +38,13 @@ use writer::write_loop;
 
 /// How many messages may wait for the socket before producers block.
 const OUTBOX_CAPACITY: usize = 32;
+
+/// How long a session stays open after `end_session_confirm_message` for
+/// a client that does not close it: a request the client sent before the
+/// confirm reached it is still read and refused (every request gets its
+/// one terminal). The real client closes on the confirm, ending this at
+/// once.
+const END_SESSION_LINGER: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// How long a closing session waits for a client that stopped reading.
 const WRITER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -56,7 +64,7 @@ pub(crate) struct SessionShared {
 
 /// A request that is running.
 struct Running {
-    cancel: CancellationToken,
+    cancel: Canceller,
     task: JoinHandle<OutboundMessage>,
 }
 
@@ -114,8 +122,11 @@ where
     };
     let mut shutting_down = false;
     let mut drain: Option<JoinHandle<()>> = None;
+    // Set once the end is confirmed: until then the session still reads
+    // (and refuses) requests the client sent before the confirm reached it.
+    let mut linger: Option<Instant> = None;
     loop {
-        if session.ending && session.current.is_none() && drain.is_none() {
+        if session.ending && session.current.is_none() && drain.is_none() && linger.is_none() {
             drain = Some(tokio::spawn(session.drain_artifacts()));
         }
         tokio::select! {
@@ -125,8 +136,12 @@ where
                     .send(OutboundMessage::EndSessionConfirmMessage)
                     .await;
                 tracing::info!("session ended");
-                break;
+                if shutting_down {
+                    break;
+                }
+                linger = Some(Instant::now() + END_SESSION_LINGER);
             }
+            () = linger_over(linger) => break,
             frame = stream.next() => {
                 if let Flow::Close = session.on_frame(frame).await {
                     break;
@@ -137,6 +152,9 @@ where
                 let _ = session.outbox.send(terminal).await;
             }
             () = shared.shutdown.cancelled(), if !shutting_down => {
+                if linger.is_some() {
+                    break;
+                }
                 shutting_down = true;
                 session.begin_shutdown();
             }
@@ -166,12 +184,21 @@ where
     session.close().await;
 }
 
-/// Waits for the end-of-session artifact drain; pending forever if none.
+/// Waits for the end-of-session artifact drain (and forgets it, so it is
+/// not awaited twice); pending forever if none.
 async fn drain_done(drain: &mut Option<JoinHandle<()>>) {
-    match drain.as_mut() {
-        Some(task) => {
-            let _ = task.await;
-        }
+    let Some(task) = drain.as_mut() else {
+        return std::future::pending().await;
+    };
+    let _ = task.await;
+    *drain = None;
+}
+
+/// Fires when the post-confirm linger is over; pending forever before the
+/// confirm.
+async fn linger_over(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
         None => std::future::pending().await,
     }
 }
@@ -214,6 +241,14 @@ impl Session {
                         reason: format!("{too_big} (--max-message-bytes)").into(),
                     });
                 }
+                // RFC 6455 8.1: a text frame that is not UTF-8 fails the
+                // connection with 1007 (invalid frame payload data).
+                if let tungstenite::Error::Utf8(_) = &e {
+                    let _ = self.close_reason.set(CloseFrame {
+                        code: CloseCode::Invalid,
+                        reason: "a text frame is not valid UTF-8".into(),
+                    });
+                }
                 Flow::Close
             }
             Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -240,7 +275,7 @@ impl Session {
         match message {
             InboundMessage::InvocationMessage(m) => self.start(Request::Invocation(m)).await,
             InboundMessage::CommandExecutionMessage(m) => self.start(Request::Commands(m)).await,
-            InboundMessage::CancelMessage => self.cancel_current(),
+            InboundMessage::CancelMessage => self.cancel_current(CancelCause::Client),
             InboundMessage::EndSessionMessage => self.ending = true,
             InboundMessage::ArtifactUploadResponseMessage(response) => {
                 self.artifacts.on_upload_response(response);
@@ -272,12 +307,12 @@ impl Session {
             return;
         }
         if self.ending || self.shared.shutdown.is_cancelled() {
-            let _ = self
-                .outbox
-                .send(OutboundMessage::error(
-                    "The session is ending; no new requests are accepted",
-                ))
-                .await;
+            let why = if self.shared.shutdown.is_cancelled() {
+                "The runtime is shutting down; no new requests are accepted"
+            } else {
+                "The session is ending (end_session_message was received); no new requests are accepted"
+            };
+            let _ = self.outbox.send(OutboundMessage::error(why)).await;
             return;
         }
         let (source_id, secrets, kind) = match &request {
@@ -294,7 +329,7 @@ impl Session {
             .redact_str(source_id.as_deref().unwrap_or("-"))
             .into_owned();
         let span = tracing::info_span!("request", source_id = %source_id, kind);
-        let cancel = CancellationToken::new();
+        let cancel = Canceller::default();
         let ctx = RequestContext {
             outbox: self.outbox.clone(),
             cancel: cancel.clone(),
@@ -311,13 +346,13 @@ impl Session {
         self.current = Some(Running { cancel, task });
     }
 
-    fn cancel_current(&mut self) {
+    fn cancel_current(&mut self, cause: CancelCause) {
         match &self.current {
             Some(running) => {
-                tracing::info!("cancel requested");
-                running.cancel.cancel();
+                tracing::info!(?cause, "cancel requested");
+                running.cancel.cancel(cause);
             }
-            None => tracing::info!("cancel_message with no request running; nothing to do"),
+            None => tracing::info!(?cause, "cancel with no request running; nothing to do"),
         }
     }
 
@@ -338,7 +373,7 @@ impl Session {
     /// Server shutdown: cancel the running request; its terminal still goes
     /// out, then the session confirms and closes.
     fn begin_shutdown(&mut self) {
-        self.cancel_current();
+        self.cancel_current(CancelCause::Shutdown);
         self.ending = true;
     }
 
@@ -347,7 +382,7 @@ impl Session {
         self.artifacts.shutdown();
         if let Some(running) = self.current {
             tracing::info!("connection closed mid-request; cancelling it");
-            running.cancel.cancel();
+            running.cancel.cancel(CancelCause::Client);
             let _ = running.task.await;
         }
         self.handler
