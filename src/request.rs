@@ -434,6 +434,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_first_cancel_cause_is_the_one_reported() {
+        let cancel = Canceller::default();
+        assert_eq!(cancel.cause(), None);
+        cancel.cancel(CancelCause::Client);
+        cancel.cancel(CancelCause::Shutdown);
+        assert!(cancel.token.is_cancelled());
+        assert_eq!(cancel.cause(), Some(CancelCause::Client));
+        assert_eq!(
+            RequestError::ShuttingDown.to_string(),
+            "Request cancelled: the runtime is shutting down"
+        );
+    }
+
+    #[test]
     fn failed_command_error_carries_exit_code() {
         let msg = RequestError::CommandFailed {
             kind: "Pre-agent",
