@@ -15,15 +15,22 @@
 //! [`fit_results`](crate::frames::fit_results) shrinks a whole result set so
 //! its frame fits the client's 1 MiB limit.
 //!
-//! This file spawns and supervises; [`output`] pumps the pipes and
-//! [`capture`] keeps the head and tail.
+//! A script over [`script::INLINE_SCRIPT_MAX_BYTES`] does not go on the command
+//! line, where the kernel caps one argument at 128 KiB (E2BIG): it is
+//! written to a private temporary file that the shell sources ([`script`]).
+//!
+//! This file spawns and supervises; [`output`] pumps the pipes,
+//! [`capture`] keeps the head and tail, [`cwd`] checks the working
+//! directory and [`script`] hands large scripts to the shell.
 
 mod capture;
+mod cwd;
 mod output;
+mod script;
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -41,6 +48,20 @@ use crate::wire::{self, Stream};
 
 use capture::Capture;
 use output::Pump;
+use script::Script;
+
+/// Longest piece of a command quoted in anything the runtime sends (the
+/// `command` of output messages and results, error texts): a 1 MiB heredoc
+/// must not be echoed in every output chunk, nor make an error too big for
+/// a frame.
+pub(crate) const MAX_QUOTED_COMMAND_BYTES: usize = 8 * 1024;
+
+/// How a command is quoted everywhere the runtime sends it: `redacted`
+/// (the command with secrets already removed: clipping first could leave
+/// half a secret) cut to [`MAX_QUOTED_COMMAND_BYTES`].
+pub(crate) fn quoted_command(redacted: &str) -> String {
+    crate::text::clip(redacted, MAX_QUOTED_COMMAND_BYTES).into_owned()
+}
 
 /// What a command needs from the request it belongs to.
 pub(crate) struct CommandContext<'a> {
@@ -65,6 +86,9 @@ pub(crate) struct CommandOutcome {
     pub(crate) exit_code: i32,
     /// Redacted stdout, cut to head + marker + tail when it was too long.
     pub(crate) stdout: String,
+    /// The command as quoted in its messages ([`quoted_command`]), for the
+    /// result and error texts that name it.
+    pub(crate) command: String,
 }
 
 /// Why a command did not produce a [`CommandOutcome`].
@@ -73,7 +97,7 @@ pub(crate) enum CommandError {
     /// The request was cancelled; the command's process group is gone.
     #[error("Request cancelled")]
     Cancelled,
-    /// The command never ran; `command` is already redacted.
+    /// The command never ran; `command` is already redacted and clipped.
     #[error("Command `{command}` could not start: {reason}")]
     Start {
         /// The command text, redacted.
@@ -118,7 +142,7 @@ async fn run_with_base_env(
     let redactor = ctx
         .redactor
         .with(env_secrets(cmd.env.iter().flat_map(|env| env.values())));
-    let label = redactor.redact_str(&cmd.command).into_owned();
+    let label = quoted_command(&redactor.redact_str(&cmd.command));
     let span = tracing::debug_span!("command", command = %label);
     let run = Run {
         ctx,
@@ -133,7 +157,7 @@ struct Run<'a> {
     ctx: &'a CommandContext<'a>,
     /// The request's secrets plus the command's own long env values.
     redactor: &'a Redactor,
-    /// The redacted command string, as sent in every message.
+    /// The redacted, clipped command string, as sent in every message.
     label: &'a str,
 }
 
@@ -143,16 +167,20 @@ impl Run<'_> {
         cmd: &wire::Command,
         base_env: BaseEnv,
     ) -> Result<CommandOutcome, CommandError> {
-        let cwd = prepare_cwd(cmd.cwd.as_deref())
+        let cwd = cwd::prepare(cmd.cwd.as_deref())
             .await
-            .map_err(|reason| self.start_error(reason))?;
+            .map_err(|e| self.start_error(e.to_string()))?;
+        // Held until the command is over: the shell reads it as it goes.
+        let script = Script::prepare(&cmd.command)
+            .await
+            .map_err(|e| self.start_error(format!("cannot write the script to a file: {e}")))?;
         // A cancel that came first must not start anything.
         if self.ctx.cancel.is_cancelled() {
             return Err(CommandError::Cancelled);
         }
-        let mut child = shell_command(cmd, cwd.as_deref(), base_env)
+        let mut child = shell_command(cmd, &script, cwd.as_deref(), base_env)
             .spawn()
-            .map_err(|e| self.start_error(format!("cannot spawn /bin/sh: {e}")))?;
+            .map_err(|e| self.start_error(spawn_failure(e, cwd.as_deref())))?;
         let pgid = child.id().expect("a child that was just spawned has a pid");
         let guard = GroupGuard { pgid, armed: true };
         debug!(pgid, "started");
@@ -169,6 +197,7 @@ impl Run<'_> {
             }
         }
         guard.disarm();
+        drop(script);
         result
     }
 
@@ -201,6 +230,7 @@ impl Run<'_> {
         Ok(CommandOutcome {
             exit_code: exit_code(status),
             stdout: captured.unwrap_or_default(),
+            command: self.label.to_owned(),
         })
     }
 
@@ -209,26 +239,24 @@ impl Run<'_> {
     }
 }
 
-/// Makes sure `cwd` (if any) is a directory, creating it when missing.
-async fn prepare_cwd(cwd: Option<&str>) -> Result<Option<PathBuf>, String> {
-    let Some(cwd) = cwd else { return Ok(None) };
-    let path = PathBuf::from(cwd);
-    match tokio::fs::metadata(&path).await {
-        Ok(meta) if meta.is_dir() => Ok(Some(path)),
-        Ok(_) => Err(format!("cwd {cwd} is not a directory")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => tokio::fs::create_dir_all(&path)
-            .await
-            .map(|()| Some(path))
-            .map_err(|e| format!("cannot create cwd {cwd}: {e}")),
-        Err(e) => Err(format!("cannot use cwd {cwd}: {e}")),
-    }
+/// Why the shell did not start, blaming what is at fault: with a `cwd`,
+/// the child's `chdir` failing (the directory vanished or may not be
+/// entered) reports the same errors as a missing or unusable shell would.
+fn spawn_failure(error: io::Error, cwd: Option<&Path>) -> String {
+    cwd.filter(|_| Path::new("/bin/sh").is_file())
+        .and_then(|cwd| cwd::entry_failure(cwd, &error))
+        .map_or_else(
+            || format!("cannot spawn /bin/sh: {error}"),
+            |e| e.to_string(),
+        )
 }
 
-/// `/bin/sh -c <command>` in a new process group, environment = the base
+/// `/bin/sh -c <script>` in a new process group, environment = the base
 /// environment with the command's `env` laid over it, minus the runtime's
 /// auth token.
 fn shell_command(
     cmd: &wire::Command,
+    script: &Script,
     cwd: Option<&Path>,
     base_env: BaseEnv,
 ) -> tokio::process::Command {
@@ -242,7 +270,7 @@ fn shell_command(
     }
     shell
         .arg("-c")
-        .arg(&cmd.command)
+        .arg(script.argument(&cmd.command))
         .envs(cmd.env.iter().flatten())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

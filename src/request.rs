@@ -6,7 +6,7 @@
 //! exactly one terminal, so "one terminal per request" holds by
 //! construction rather than by every branch remembering it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
@@ -34,6 +34,10 @@ pub(crate) enum RequestError {
     /// `cancel_message` or a disconnect; no artifact flush precedes it.
     #[error("Request cancelled")]
     Cancelled,
+    /// The server is shutting down (SIGTERM) and cancelled the request:
+    /// said apart from the client's own cancel, which it did not ask for.
+    #[error("Request cancelled: the runtime is shutting down")]
+    ShuttingDown,
     /// The outbox is closed, so the terminal will not reach anyone; the
     /// pipeline stops early and skips the artifact flush.
     #[error("the client connection is closed")]
@@ -48,7 +52,7 @@ pub(crate) enum RequestError {
     CommandFailed {
         /// `Pre-agent` or `Post-agent`, the start of the error text.
         kind: &'static str,
-        /// The command text as the client sent it.
+        /// The command text as quoted in messages (redacted, clipped).
         command: String,
         /// The non-zero exit status (128+N for signal N).
         exit_code: i32,
@@ -123,6 +127,37 @@ impl RequestError {
     }
 }
 
+/// Why a request's cancel token fired; set (first cause wins) before the
+/// token is cancelled, so the terminal can say who stopped the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelCause {
+    /// `cancel_message`, or the connection closed.
+    Client,
+    /// The server received SIGTERM (or SIGINT).
+    Shutdown,
+}
+
+/// A request's cancel token with the cause of its cancel.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Canceller {
+    /// Fired once, by [`Canceller::cancel`]; every stage watches it.
+    pub(crate) token: CancellationToken,
+    cause: Arc<OnceLock<CancelCause>>,
+}
+
+impl Canceller {
+    /// Records `cause` (unless one already was) and fires the token.
+    pub(crate) fn cancel(&self, cause: CancelCause) {
+        let _ = self.cause.set(cause);
+        self.token.cancel();
+    }
+
+    /// Why the request was cancelled, if it was.
+    fn cause(&self) -> Option<CancelCause> {
+        self.cause.get().copied()
+    }
+}
+
 /// What stage a request is in, for heartbeats and logs.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Phase(Arc<Mutex<&'static str>>);
@@ -143,8 +178,9 @@ impl Phase {
 pub(crate) struct RequestContext {
     /// The session's outbound queue; every message is redacted on the way.
     pub outbox: Outbox,
-    /// Fired by `cancel_message` or a disconnect; every stage watches it.
-    pub cancel: CancellationToken,
+    /// Fired by `cancel_message`, a disconnect or a shutdown; every stage
+    /// watches its token.
+    pub cancel: Canceller,
     /// Secrets of this request (plus the session's earlier ones).
     pub redactor: Redactor,
     /// The server's settings (limits, timeouts, grace periods).
@@ -166,7 +202,7 @@ impl RequestContext {
         CommandContext {
             outbox: &self.outbox,
             redactor: &self.redactor,
-            cancel: &self.cancel,
+            cancel: &self.cancel.token,
             kill_grace: self.config.kill_grace,
             stdout_head_bytes: self.config.stdout_head_bytes,
             stdout_tail_bytes: self.config.stdout_tail_bytes,
@@ -188,12 +224,19 @@ pub(crate) async fn drive(request: Request, ctx: RequestContext) -> OutboundMess
     let started = Instant::now();
     let work = run(request, &ctx);
     tokio::pin!(work);
-    let result = with_heartbeats(work, &ctx).await;
+    let result = with_heartbeats(work, &ctx).await.map_err(|e| match e {
+        RequestError::Cancelled if ctx.cancel.cause() == Some(CancelCause::Shutdown) => {
+            RequestError::ShuttingDown
+        }
+        other => other,
+    });
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match &result {
         Ok(_) => tracing::info!(elapsed_ms, ok = true, "request finished"),
         // The client asked for it, or is gone: nothing for an operator to fix.
-        Err(e @ (RequestError::Cancelled | RequestError::ClientGone)) => {
+        Err(
+            e @ (RequestError::Cancelled | RequestError::ShuttingDown | RequestError::ClientGone),
+        ) => {
             tracing::info!(elapsed_ms, ok = false, reason = %e, "request finished")
         }
         Err(e) => tracing::warn!(
@@ -254,7 +297,9 @@ async fn run_invocation(
     msg: InvocationMessage,
     ctx: &RequestContext,
 ) -> Result<OutboundMessage, RequestError> {
-    let output_format = parse_output_format(msg.output_format_json_schema_str.as_deref())?;
+    let output_format = msg
+        .output_format()
+        .map_err(|e| RequestError::Invalid(e.to_string()))?;
     download(&msg.pre_agent_downloadables, ctx).await?;
     ctx.phase.set("pre_agent_commands");
     run_checked(&msg.pre_agent_invocation_commands, "Pre-agent", ctx).await?;
@@ -275,7 +320,7 @@ async fn run_invocation(
         let invoke_ctx = InvokeContext {
             outbox: &ctx.outbox,
             redactor: &ctx.redactor,
-            cancel: &ctx.cancel,
+            cancel: &ctx.cancel.token,
             cancel_grace: ctx.config.handler_cancel_grace,
             kill_grace: ctx.config.kill_grace,
         };
@@ -302,7 +347,7 @@ async fn run_commands(
         let outcome = commands::run_command(command, &command_ctx).await?;
         let failed = outcome.exit_code != 0;
         results.push(CommandResult {
-            command: command.command.clone(),
+            command: outcome.command,
             exit_code: outcome.exit_code,
             stdout: outcome.stdout,
         });
@@ -326,7 +371,7 @@ async fn run_checked(
         if outcome.exit_code != 0 {
             return Err(RequestError::CommandFailed {
                 kind,
-                command: command.command.clone(),
+                command: outcome.command,
                 exit_code: outcome.exit_code,
             });
         }
@@ -342,7 +387,7 @@ async fn download(items: &[wire::Downloadable], ctx: &RequestContext) -> Result<
     ctx.phase.set("downloads");
     // Boxed: the download machinery is most of a request future's size,
     // and every request would otherwise carry (and copy) it.
-    Box::pin(downloads::download_all(items, &ctx.http, &ctx.cancel)).await?;
+    Box::pin(downloads::download_all(items, &ctx.http, &ctx.cancel.token)).await?;
     Ok(())
 }
 
@@ -380,24 +425,8 @@ async fn flush_artifacts(ctx: &RequestContext) -> Result<(), RequestError> {
             Ok(())
         }
         // A cancel must not wait out the flush bound.
-        () = ctx.cancel.cancelled() => Err(RequestError::Cancelled),
+        () = ctx.cancel.token.cancelled() => Err(RequestError::Cancelled),
     }
-}
-
-/// Parses `output_format_json_schema_str` (`{"type":"json_schema","schema":{..}}`).
-fn parse_output_format(raw: Option<&str>) -> Result<Option<Value>, RequestError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let invalid = |why: String| {
-        RequestError::Invalid(format!("Invalid output_format_json_schema_str: {why}"))
-    };
-    let value: Value = serde_json::from_str(raw).map_err(|e| invalid(e.to_string()))?;
-    let Some(object) = value.as_object() else {
-        return Err(invalid("expected a JSON object".into()));
-    };
-    if !object.get("schema").is_some_and(Value::is_object) {
-        return Err(invalid("expected a \"schema\" object".into()));
-    }
-    Ok(Some(value))
 }
 
 #[cfg(test)]
@@ -405,17 +434,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn output_format_is_checked() {
-        assert_eq!(parse_output_format(None).unwrap(), None);
-        let ok = r#"{"type":"json_schema","schema":{"type":"object"}}"#;
-        assert!(parse_output_format(Some(ok)).unwrap().is_some());
-        for bad in ["{", "[]", r#"{"type":"json_schema"}"#, r#"{"schema":3}"#] {
-            let err = parse_output_format(Some(bad)).unwrap_err().to_string();
-            assert!(
-                err.starts_with("Invalid output_format_json_schema_str"),
-                "{err}"
-            );
-        }
+    fn the_first_cancel_cause_is_the_one_reported() {
+        let cancel = Canceller::default();
+        assert_eq!(cancel.cause(), None);
+        cancel.cancel(CancelCause::Client);
+        cancel.cancel(CancelCause::Shutdown);
+        assert!(cancel.token.is_cancelled());
+        assert_eq!(cancel.cause(), Some(CancelCause::Client));
+        assert_eq!(
+            RequestError::ShuttingDown.to_string(),
+            "Request cancelled: the runtime is shutting down"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -34,7 +35,7 @@ use crate::config::Config;
 use crate::handler::{HandlerHost, SparePool};
 use crate::http::HttpClient;
 use crate::outbox::Outbox;
-use crate::request::{self, Phase, Request, RequestContext};
+use crate::request::{self, CancelCause, Canceller, Phase, Request, RequestContext};
 use crate::wire::{InboundMessage, OutboundMessage};
 
 use liveness::LivenessLimits;
@@ -44,6 +45,13 @@ use writer::write_loop;
 
 /// How many messages may wait for the socket before producers block.
 const OUTBOX_CAPACITY: usize = 32;
+
+/// How long a session stays open after `end_session_confirm_message` for
+/// a client that does not close it: a request the client sent before the
+/// confirm reached it is still read and refused (every request gets its
+/// one terminal). The real client closes on the confirm, ending this at
+/// once.
+const END_SESSION_LINGER: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// How long a closing session waits for a client that stopped reading.
 const WRITER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -63,7 +71,7 @@ pub(crate) struct SessionShared {
 
 /// A request that is running.
 struct Running {
-    cancel: CancellationToken,
+    cancel: Canceller,
     task: JoinHandle<OutboundMessage>,
 }
 
@@ -130,8 +138,11 @@ where
     let mut shutting_down = false;
     let mut peer_gone = false;
     let mut drain: Option<JoinHandle<()>> = None;
+    // Set once the end is confirmed: until then the session still reads
+    // (and refuses) requests the client sent before the confirm reached it.
+    let mut linger: Option<Instant> = None;
     loop {
-        if session.ending && session.current.is_none() && drain.is_none() {
+        if session.ending && session.current.is_none() && drain.is_none() && linger.is_none() {
             drain = Some(tokio::spawn(session.drain_artifacts()));
         }
         tokio::select! {
@@ -141,8 +152,12 @@ where
                     .send(OutboundMessage::EndSessionConfirmMessage)
                     .await;
                 tracing::info!("session ended");
-                break;
+                if shutting_down {
+                    break;
+                }
+                linger = Some(Instant::now() + END_SESSION_LINGER);
             }
+            () = linger_over(linger) => break,
             frame = stream.next() => {
                 peer.heard();
                 if let Flow::Close = session.on_frame(frame).await {
@@ -154,6 +169,9 @@ where
                 let _ = session.outbox.send(terminal).await;
             }
             () = shared.shutdown.cancelled(), if !shutting_down => {
+                if linger.is_some() {
+                    break;
+                }
                 shutting_down = true;
                 session.begin_shutdown();
             }
@@ -192,12 +210,21 @@ where
     session.close().await;
 }
 
-/// Waits for the end-of-session artifact drain; pending forever if none.
+/// Waits for the end-of-session artifact drain (and forgets it, so it is
+/// not awaited twice); pending forever if none.
 async fn drain_done(drain: &mut Option<JoinHandle<()>>) {
-    match drain.as_mut() {
-        Some(task) => {
-            let _ = task.await;
-        }
+    let Some(task) = drain.as_mut() else {
+        return std::future::pending().await;
+    };
+    let _ = task.await;
+    *drain = None;
+}
+
+/// Fires when the post-confirm linger is over; pending forever before the
+/// confirm.
+async fn linger_over(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
         None => std::future::pending().await,
     }
 }
@@ -240,6 +267,14 @@ impl Session {
                         reason: format!("{too_big} (--max-message-bytes)").into(),
                     });
                 }
+                // RFC 6455 8.1: a text frame that is not UTF-8 fails the
+                // connection with 1007 (invalid frame payload data).
+                if let tungstenite::Error::Utf8(_) = &e {
+                    let _ = self.close_reason.set(CloseFrame {
+                        code: CloseCode::Invalid,
+                        reason: "a text frame is not valid UTF-8".into(),
+                    });
+                }
                 Flow::Close
             }
             Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
@@ -266,7 +301,7 @@ impl Session {
         match message {
             InboundMessage::InvocationMessage(m) => self.start(Request::Invocation(m)).await,
             InboundMessage::CommandExecutionMessage(m) => self.start(Request::Commands(m)).await,
-            InboundMessage::CancelMessage => self.cancel_current(),
+            InboundMessage::CancelMessage => self.cancel_current(CancelCause::Client),
             InboundMessage::EndSessionMessage => self.ending = true,
             InboundMessage::ArtifactUploadResponseMessage(response) => {
                 self.artifacts.on_upload_response(response);
@@ -298,12 +333,12 @@ impl Session {
             return;
         }
         if self.ending || self.shared.shutdown.is_cancelled() {
-            let _ = self
-                .outbox
-                .send(OutboundMessage::error(
-                    "The session is ending; no new requests are accepted",
-                ))
-                .await;
+            let why = if self.shared.shutdown.is_cancelled() {
+                "The runtime is shutting down; no new requests are accepted"
+            } else {
+                "The session is ending (end_session_message was received); no new requests are accepted"
+            };
+            let _ = self.outbox.send(OutboundMessage::error(why)).await;
             return;
         }
         let (source_id, secrets, kind) = match &request {
@@ -320,7 +355,7 @@ impl Session {
             .redact_str(source_id.as_deref().unwrap_or("-"))
             .into_owned();
         let span = tracing::info_span!("request", source_id = %source_id, kind);
-        let cancel = CancellationToken::new();
+        let cancel = Canceller::default();
         let ctx = RequestContext {
             outbox: self.outbox.clone(),
             cancel: cancel.clone(),
@@ -337,13 +372,13 @@ impl Session {
         self.current = Some(Running { cancel, task });
     }
 
-    fn cancel_current(&mut self) {
+    fn cancel_current(&mut self, cause: CancelCause) {
         match &self.current {
             Some(running) => {
-                tracing::info!("cancel requested");
-                running.cancel.cancel();
+                tracing::info!(?cause, "cancel requested");
+                running.cancel.cancel(cause);
             }
-            None => tracing::info!("cancel_message with no request running; nothing to do"),
+            None => tracing::info!(?cause, "cancel with no request running; nothing to do"),
         }
     }
 
@@ -364,7 +399,7 @@ impl Session {
     /// Server shutdown: cancel the running request; its terminal still goes
     /// out, then the session confirms and closes.
     fn begin_shutdown(&mut self) {
-        self.cancel_current();
+        self.cancel_current(CancelCause::Shutdown);
         self.ending = true;
     }
 
@@ -373,7 +408,7 @@ impl Session {
         self.artifacts.shutdown();
         if let Some(running) = self.current {
             tracing::info!("connection closed mid-request; cancelling it");
-            running.cancel.cancel();
+            running.cancel.cancel(CancelCause::Client);
             let _ = running.task.await;
         }
         self.handler

@@ -2,6 +2,8 @@
 //! splits what goes to the client (frames, command output, quotes in
 //! errors) cuts on UTF-8 boundaries through these.
 
+use std::borrow::Cow;
+
 /// The largest char boundary of `s` that is `<= at`.
 pub(crate) fn floor_boundary(s: &str, at: usize) -> usize {
     let mut at = at.min(s.len());
@@ -47,6 +49,17 @@ pub(crate) fn join_with_marker(head: &str, omitted: usize, tail: &str) -> String
     format!("{head}\n[runtimeuse: {omitted} bytes of output omitted]\n{tail}")
 }
 
+/// `text` cut to at most `max` bytes (on a char boundary) followed by
+/// `… (N bytes)`, or unchanged when it fits: how client input (a field, a
+/// command) is quoted back in messages without echoing megabytes.
+pub(crate) fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let end = floor_boundary(text, max);
+    Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +78,12 @@ mod tests {
         assert_eq!(floor_boundary("a€", 2), 1);
         assert_eq!(ceil_boundary("a€", 2), 4);
         assert_eq!(floor_boundary("ab", 10), 2);
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_says_how_long_long_text_was() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("ab€cd", 3), "ab… (7 bytes)");
     }
 
     #[test]

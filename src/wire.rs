@@ -29,7 +29,8 @@ where
 /// A shell command to run, as the client sends it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Command {
-    /// Shell text, run as `/bin/sh -c <command>` in its own process group.
+    /// Shell text, run as `/bin/sh -c <command>` in its own process group
+    /// (through a private file when too long for the command line).
     pub command: String,
     /// Working directory, created if missing; `None` means the runtime's.
     #[serde(default)]
@@ -99,8 +100,10 @@ pub struct InvocationMessage {
     /// accumulate for the rest of the session.
     #[serde(default, deserialize_with = "null_as_default")]
     pub secrets_to_redact: Vec<String>,
-    /// JSON text `{"type":"json_schema","schema":{...}}` asking for a
-    /// structured result; `None` asks for text. Validated before any work.
+    /// JSON text asking for a structured result, either the wrapper
+    /// `{"type":"json_schema","schema":{...}}` or a bare JSON Schema such
+    /// as `{"type":"object"}`; `None` asks for text. Read through
+    /// [`InvocationMessage::output_format`], before any work.
     #[serde(default)]
     pub output_format_json_schema_str: Option<String>,
     /// See [`ArtifactOptions::artifacts_dirs`].
@@ -122,6 +125,52 @@ pub struct InvocationMessage {
     /// Fetched in order before any command or the agent runs.
     #[serde(default, deserialize_with = "null_as_default")]
     pub pre_agent_downloadables: Vec<Downloadable>,
+}
+
+/// Why `output_format_json_schema_str` is unusable; the text goes to the
+/// client.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("Invalid output_format_json_schema_str: {0}")]
+pub struct OutputFormatError(String);
+
+impl InvocationMessage {
+    /// The requested output format in the one shape handlers get,
+    /// `{"type":"json_schema","schema":{...}}`, or `None` for text.
+    ///
+    /// Clients send either that wrapper or a bare JSON Schema (the Node
+    /// runtime accepted both). An object whose `type` is `"json_schema"`,
+    /// or that has a `schema` and no `type`, is the wrapper and must carry
+    /// a `schema` object; any other object is the schema itself and is
+    /// wrapped, so a handler cannot tell which form the client used. The
+    /// wrapper is passed on whole, its other keys included.
+    pub fn output_format(&self) -> Result<Option<Value>, OutputFormatError> {
+        let Some(raw) = self.output_format_json_schema_str.as_deref() else {
+            return Ok(None);
+        };
+        let value: Value =
+            serde_json::from_str(raw).map_err(|e| OutputFormatError(clip(&e.to_string())))?;
+        let Value::Object(object) = value else {
+            return Err(OutputFormatError("expected a JSON object".into()));
+        };
+        let is_wrapper = match object.get("type") {
+            Some(kind) => kind == "json_schema",
+            None => object.contains_key("schema"),
+        };
+        if !is_wrapper {
+            return Ok(Some(
+                serde_json::json!({"type": "json_schema", "schema": object}),
+            ));
+        }
+        if !object.get("schema").is_some_and(Value::is_object) {
+            return Err(OutputFormatError(
+                "a {\"type\":\"json_schema\"} wrapper needs a \"schema\" object".into(),
+            ));
+        }
+        // Kept whole (other keys included), as before bare schemas existed.
+        let mut wrapper = object;
+        wrapper.insert("type".into(), "json_schema".into());
+        Ok(Some(Value::Object(wrapper)))
+    }
 }
 
 /// Gathers the artifact fields (no `#[serde(flatten)]`: it would hide the
@@ -224,18 +273,21 @@ pub enum ParseError {
     },
 }
 
-/// Deserialises one message kind, naming the offending field on failure
-/// (e.g. `commands[0].env.A: invalid type: integer `1`, expected a string`).
-fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ParseError> {
-    let message_type = value["message_type"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    serde_path_to_error::deserialize(value).map_err(|e| {
+/// Deserialises one message kind straight from the frame's text, naming
+/// the offending field on failure (e.g. `commands[0].env.A: invalid type:
+/// integer `1`, expected a string`).
+///
+/// Straight from the text, not through a [`Value`]: building a `Value`
+/// evaluates every number, and one out of `f64` range (`1e400`) in a field
+/// the runtime does not even know would fail the whole message. Unknown
+/// fields, at any depth, are skipped unevaluated by serde.
+fn typed<T: serde::de::DeserializeOwned>(text: &str, message_type: &str) -> Result<T, ParseError> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = clip(&e.into_inner().to_string());
         ParseError::BadFields {
-            message_type,
+            message_type: message_type.to_owned(),
             reason: if path == "." {
                 inner
             } else {
@@ -245,50 +297,86 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ParseError> 
     })
 }
 
+/// The one field every frame is first read for; everything else is skipped
+/// unevaluated (see [`typed`]). Only a JSON object has it: an array is not
+/// read as a struct's fields in order, as serde would by default.
+struct Envelope {
+    /// Absent, `null` or not a string: the frame has no usable type.
+    message_type: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+/// Reads an object's `message_type` (the first one) and skips the rest.
+struct EnvelopeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        let mut message_type = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "message_type" && message_type.is_none() {
+                message_type = Some(map.next_value::<Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Envelope { message_type })
+    }
+}
+
+/// Reads a frame's `message_type`, telling "not JSON" from "JSON of the
+/// wrong shape" (the client is told which).
+fn message_type_of(text: &str) -> Result<String, ParseError> {
+    match serde_json::from_str::<Envelope>(text) {
+        Ok(Envelope {
+            message_type: Some(Value::String(message_type)),
+        }) => Ok(message_type),
+        Ok(_) => Err(ParseError::NoMessageType),
+        // Not an object, and the envelope stopped at its first byte: say
+        // "not JSON" if the rest is not JSON either (unbalanced, or nested
+        // past serde_json's recursion limit).
+        Err(e) if e.is_data() => match serde_json::from_str::<Value>(text) {
+            Ok(_) => Err(ParseError::NoMessageType),
+            Err(e) => Err(ParseError::NotJson(clip(&e.to_string()))),
+        },
+        Err(e) => Err(ParseError::NotJson(clip(&e.to_string()))),
+    }
+}
+
 /// Longest piece of client input quoted back in an error: a hostile 5 MB
 /// field must not come back as a 5 MB error frame.
 const MAX_QUOTED_BYTES: usize = 200;
 
 /// Shortens client-supplied text for an error message.
 fn clip(text: &str) -> String {
-    if text.len() <= MAX_QUOTED_BYTES {
-        return text.to_owned();
-    }
-    let mut end = MAX_QUOTED_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
+    crate::text::clip(text, MAX_QUOTED_BYTES).into_owned()
 }
-
-const KNOWN_TYPES: [&str; 5] = [
-    "invocation_message",
-    "command_execution_message",
-    "artifact_upload_response_message",
-    "cancel_message",
-    "end_session_message",
-];
 
 impl InboundMessage {
     /// Parses one text frame, naming exactly what is wrong when it fails.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| ParseError::NotJson(clip(&e.to_string())))?;
-        let message_type = value
-            .get("message_type")
-            .and_then(Value::as_str)
-            .ok_or(ParseError::NoMessageType)?;
-        if !KNOWN_TYPES.contains(&message_type) {
-            return Err(ParseError::UnknownType(clip(message_type)));
-        }
-        Ok(match message_type {
-            "invocation_message" => Self::InvocationMessage(Box::new(typed(value)?)),
-            "command_execution_message" => Self::CommandExecutionMessage(typed(value)?),
+        let message_type = message_type_of(text)?;
+        Ok(match message_type.as_str() {
+            "invocation_message" => Self::InvocationMessage(Box::new(typed(text, &message_type)?)),
+            "command_execution_message" => {
+                Self::CommandExecutionMessage(typed(text, &message_type)?)
+            }
             "artifact_upload_response_message" => {
-                Self::ArtifactUploadResponseMessage(typed(value)?)
+                Self::ArtifactUploadResponseMessage(typed(text, &message_type)?)
             }
             "cancel_message" => Self::CancelMessage,
-            _ => Self::EndSessionMessage,
+            "end_session_message" => Self::EndSessionMessage,
+            _ => return Err(ParseError::UnknownType(clip(&message_type))),
         })
     }
 
@@ -321,7 +409,8 @@ pub enum ResultData {
 /// One entry of `command_execution_result_message.results`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CommandResult {
-    /// The command text as sent, so the client can match results.
+    /// The command text as sent (redacted; clipped to 8 KiB when longer,
+    /// so a huge script does not fill the result frame).
     pub command: String,
     /// The shell's exit status; 128+N when killed by signal N.
     pub exit_code: i32,
@@ -374,7 +463,8 @@ pub enum OutboundMessage {
         stream: Stream,
         /// Redacted output, decoded as UTF-8 (invalid bytes become U+FFFD).
         text: String,
-        /// The command that printed it, as the client sent it.
+        /// The command that printed it, as the client sent it (redacted;
+        /// clipped to 8 KiB when longer).
         command: String,
     },
     /// Announces a finished artifact; the client answers with an

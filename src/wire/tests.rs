@@ -131,3 +131,93 @@ fn outbound_shapes_match_the_client() {
         serde_json::json!({"message_type":"end_session_confirm_message"})
     );
 }
+
+/// An invocation asking for `format` (a JSON text) as its output format.
+fn with_output_format(format: &str) -> InvocationMessage {
+    let frame = serde_json::json!({
+        "message_type": "invocation_message",
+        "user_prompt": "u",
+        "output_format_json_schema_str": format,
+    });
+    match InboundMessage::parse(&frame.to_string()).unwrap() {
+        InboundMessage::InvocationMessage(m) => *m,
+        other => panic!("wrong variant: {other:?}"),
+    }
+}
+
+#[test]
+fn bare_and_wrapped_schemas_reach_the_handler_alike() {
+    let wrapped = with_output_format(r#"{"type":"json_schema","schema":{"type":"object"}}"#);
+    let bare = with_output_format(r#"{"type":"object"}"#);
+    let expected = serde_json::json!({"type": "json_schema", "schema": {"type": "object"}});
+    assert_eq!(wrapped.output_format().unwrap(), Some(expected.clone()));
+    assert_eq!(bare.output_format().unwrap(), Some(expected));
+    // A wrapper without its `type` is still the wrapper, and gets one.
+    let untyped = with_output_format(r#"{"schema":{"type":"object"}}"#);
+    assert_eq!(
+        untyped.output_format().unwrap().unwrap()["type"],
+        "json_schema"
+    );
+    // An empty object is a (permissive) bare schema.
+    let empty = with_output_format("{}");
+    assert_eq!(
+        empty.output_format().unwrap().unwrap()["schema"],
+        serde_json::json!({})
+    );
+}
+
+#[test]
+fn unusable_output_formats_say_why() {
+    for (format, why) in [
+        ("{", "EOF"),
+        ("[]", "expected a JSON object"),
+        (r#"{"type":"json_schema"}"#, "\"schema\" object"),
+        (r#"{"type":"json_schema","schema":3}"#, "\"schema\" object"),
+        (r#"{"schema":3}"#, "\"schema\" object"),
+    ] {
+        let err = with_output_format(format)
+            .output_format()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("Invalid output_format_json_schema_str: ") && err.contains(why),
+            "{format}: {err}"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_numbers_in_unknown_fields_are_ignored() {
+    let frames = [
+        r#"{"message_type":"command_execution_message","commands":[{"command":"true","extra":1e400}],"x":1e400}"#,
+        r#"{"message_type":"invocation_message","user_prompt":"u","x":{"deep":[-1e400]}}"#,
+        r#"{"message_type":"artifact_upload_response_message","filepath":"/f","presigned_url":"http://h/","x":1e400}"#,
+        r#"{"message_type":"cancel_message","x":1e400}"#,
+        r#"{"x":1e400,"message_type":"end_session_message"}"#,
+    ];
+    for frame in frames {
+        assert!(InboundMessage::parse(frame).is_ok(), "{frame}");
+    }
+}
+
+#[test]
+fn frame_shape_errors_keep_their_kind() {
+    assert!(matches!(
+        InboundMessage::parse(r#"{"message_type":"cancel_message"} x"#),
+        Err(ParseError::NotJson(_))
+    ));
+    for frame in [
+        "null",
+        "42",
+        "[1, 2, 3]",
+        r#"["cancel_message"]"#,
+        r#"{"message_type":null}"#,
+        r#"{"message_type":[1]}"#,
+    ] {
+        assert_eq!(
+            InboundMessage::parse(frame),
+            Err(ParseError::NoMessageType),
+            "{frame}"
+        );
+    }
+}

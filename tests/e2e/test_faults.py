@@ -81,7 +81,7 @@ def test_sigterm_cancels_running_request_with_a_terminal_and_exits_zero(start_ru
         return err.value
 
     error = run(scenario())
-    assert error.error == "Request cancelled"
+    assert error.error == "Request cancelled: the runtime is shutting down"
     assert rt.proc.wait(10) == 0
     assert wait_until(lambda: not pgrep(mark), timeout=2), pgrep(mark)
 
