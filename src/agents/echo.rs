@@ -125,7 +125,8 @@ fn parse(line: &str) -> Option<Input> {
 /// ones). Nothing reaches stdout: the runtime sees no line before its
 /// first `invoke`'s answer.
 fn warm_up() {
-    let line = r#"{"type":"invoke","protocol":1,"id":"warm-up","user_prompt":"ECHO:warm-up","env":{}}"#;
+    let line =
+        r#"{"type":"invoke","protocol":1,"id":"warm-up","user_prompt":"ECHO:warm-up","env":{}}"#;
     let Some(Input::Invoke(inv)) = parse(line) else {
         return;
     };
