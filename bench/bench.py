@@ -126,6 +126,9 @@ HANDLER_KINDS = {
     "echo": ECHO_AGENT,
     "python": ["--handler", str(HANDLERS / "trivial.py")],
     "node": ["--handler", str(HANDLERS / "trivial.mjs")],
+    # The same through the SDKs, as their users write it.
+    "python_sdk": ["--handler", str(HANDLERS / "sdk_trivial.py")],
+    "node_sdk": ["--handler", str(HANDLERS / "sdk_trivial.mjs")],
 }
 
 

@@ -42,7 +42,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 
 use crate::auth::{self, TokenAuth};
@@ -148,7 +148,25 @@ impl Server {
 
     /// Accepts connections until shutdown, then lets sessions wind down
     /// (their running requests get a terminal) within the configured bound.
+    ///
+    /// The accept loop runs as a task of its own, on a worker thread of the
+    /// runtime, not in the caller's future: the binary awaits `run` in
+    /// `block_on`, i.e. on the main thread, which is not a worker. There,
+    /// every accept cost two thread wake-ups before the connection was
+    /// served (the I/O driver waking the main thread, the main thread
+    /// handing the new connection back to a worker); on a worker the new
+    /// connection's task runs next, on the thread that accepted it
+    /// (measured: a one-shot query's connect ~0.1 ms faster). Dropping the
+    /// returned future stops the loop, as before.
     pub async fn run(self) -> anyhow::Result<()> {
+        let accepting = AbortOnDropHandle::new(tokio::spawn(self.accept_until_shutdown()));
+        accepting
+            .await
+            .map_err(|e| anyhow::anyhow!("the accept loop failed: {e}"))?
+    }
+
+    /// [`Server::run`]'s loop, in its own task.
+    async fn accept_until_shutdown(self) -> anyhow::Result<()> {
         let shutdown = self.state.shared.shutdown.clone();
         loop {
             tokio::select! {

@@ -306,3 +306,38 @@ fn mismatched_certificate_and_key_fail_clearly() {
     let err = format!("{:#}", tls::acceptor(&mixed).err().unwrap());
     assert!(err.contains("cannot be used together"), "{err}");
 }
+
+/// `run` serves from a task of its own (on a worker thread), but stays
+/// tied to its caller: dropping the `run` future stops accepting and
+/// releases the port, as when the loop ran in the caller's future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_run_stops_the_accept_loop() {
+    let config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        spare_handlers: 0,
+        ..Config::default()
+    };
+    let handler = HandlerCommand {
+        program: PathBuf::from("/bin/true"),
+        args: Vec::new(),
+        display: "true".into(),
+        env: Vec::new(),
+    };
+    let server = Server::bind_with_handler(config, handler).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let running = tokio::spawn(server.run());
+    let (_, head) = send(addr, "/health", "", false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    // The listener is gone once the aborted loop is dropped; the abort is
+    // asynchronous, so poll for it (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting on {addr} after run was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -19,6 +19,10 @@ if (process.argv.length < 3) {
 }
 const path = resolve(process.argv[2]);
 const { runNodeRuntimeModule } = await import("./node-runtime.js");
+// Before the handler loads (it may read stdin as it does): the paths of a
+// first invocation, run once while this process waits as a spare.
+const { warmUpNode } = await import("./lib/warm-up.js");
+await warmUpNode();
 try {
   await runNodeRuntimeModule(path, { load });
 } catch (err) {

@@ -266,3 +266,40 @@ fn ignores_junk_and_unknown_types() {
     assert_eq!(h.ask("ECHO:ok")[0]["text"], "ok");
     h.close();
 }
+
+/// The reader's line parsing, shared with the warm-up: invokes and cancels
+/// are recognised, anything else is skipped.
+#[test]
+fn parse_keeps_invokes_and_cancels_only() {
+    let invoke = parse(r#"{"type":"invoke","protocol":1,"id":"a","user_prompt":"ECHO:x"}"#);
+    assert!(
+        matches!(invoke, Some(Input::Invoke(ref inv)) if inv.id == "a" && inv.user_prompt == "ECHO:x")
+    );
+    assert!(
+        matches!(parse(r#"{"type":"cancel","id":"a"}"#), Some(Input::Cancel(ref id)) if id == "a")
+    );
+    for skipped in [
+        "",
+        "not json",
+        "[1]",
+        r#"{"type":"other"}"#,
+        r#"{"type":"invoke"}"#,
+    ] {
+        assert!(parse(skipped).is_none(), "{skipped:?}");
+    }
+}
+
+/// The warm-up answers its made-up invocation into a sink: it must not
+/// panic, and a real invocation after it is answered as usual.
+#[test]
+fn warm_up_then_serve_answers_the_real_invocation() {
+    warm_up();
+    let input = io::Cursor::new(
+        b"{\"type\":\"invoke\",\"id\":\"r\",\"user_prompt\":\"ECHO:real\"}\n".to_vec(),
+    );
+    let mut out = Vec::new();
+    serve(input, &mut out).unwrap();
+    let line: Value = serde_json::from_slice(out.strip_suffix(b"\n").unwrap()).unwrap();
+    assert_eq!(line["id"], "r");
+    assert_eq!(line["text"], "real");
+}

@@ -5,6 +5,7 @@
 import { readLines } from "./lines.js";
 import { divertStdout, markServing, writeProtocol } from "./stdout.js";
 import { errorMessage, isObject, isUnexpected, resultMessage } from "./result.js";
+import { feedWarmUpLine, sink } from "./warm-up.js";
 
 export const PROTOCOL = 1;
 
@@ -27,6 +28,7 @@ export function runHandler(handler, options = {}) {
   }
   const io = processIo(options);
   const server = new Server(handler, io);
+  if (io.real) warmUpServer();
   return new Promise((resolve) => {
     readLines(io.input, (line) => server.line(line), () => {
       server.stop();
@@ -58,7 +60,24 @@ function processIo(options) {
     log,
     // EPIPE: the runtime is gone, so is our reason to run.
     onGone: (callback) => process.stdout.on("error", callback),
+    real: true,
   };
+}
+
+/**
+ * Runs this module's invocation path once, before the first real line can
+ * be read, on a made-up invoke: a Server of its own with a handler that is
+ * not the user's, writing to a sink. The real first invocation then runs
+ * compiled code (see warm-up.js). Started synchronously: its stream events
+ * are queued ahead of any stdin read.
+ */
+function warmUpServer() {
+  const out = sink();
+  const server = new Server(() => ({ text: "warm-up" }), {
+    write: (text) => out.write(text),
+    log: () => {},
+  });
+  feedWarmUpLine((line) => server.line(line)).catch(() => {});
 }
 
 class Server {

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Union
 
 from ._loop import BackgroundLoop
 from ._types import HandlerError, InvalidResult, Invocation, Result, error_message, result_message
+from ._warm import warm_up
 from ._wire import PROTOCOL, Writer, claim_stdout, read_lines
 
 if TYPE_CHECKING:  # not imported at run time: see _loop.py
@@ -284,6 +285,8 @@ def run_handler(
     source = input if input is not None else sys.stdin.buffer
     sink = output if output is not None else claim_stdout()
     server = _Server(handler, Writer(sink))
+    if input is None and output is None:
+        warm_up(server)
     read_lines(source, server.on_message, _diag)
     run = server.stop()
     if run is not None and run.future is not None:

@@ -1,6 +1,9 @@
 """run_handler through a real child process speaking handler protocol v1,
 with plain-function and `async def` handlers alike."""
 
+import os
+import time
+
 import pytest
 
 SYNC = """
@@ -309,3 +312,43 @@ def test_a_big_invocation_arrives_whole(start):
     child.invoke("big", "BARE:" + big)
     assert child.next()["text"] == big
     child.close()
+
+
+COUNTING_ASYNC = """
+from runtimeuse_handler import run_handler
+
+calls = []
+
+async def handle(invocation, ctx):
+    calls.append(invocation.id)
+    return {"text": " ".join(calls)}
+
+run_handler(handle)
+"""
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _wait_until(predicate, timeout: float = 10.0) -> bool:
+    """Polls a condition no event announces (another process's threads)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+def test_an_async_handler_has_its_loop_running_before_the_first_line(start):
+    # A spare waits for its first line with the event loop already started
+    # (before, the first invocation imported asyncio and started it, ~120 ms
+    # of a one-shot query); the warm-up's no-op never reaches the handler.
+    child = start(COUNTING_ASYNC)
+    assert _wait_until(lambda: _threads(child.proc.pid) == 2), "the event loop was not started ahead"
+    child.invoke("first", "hi")
+    assert child.terminal()["text"] == "first"
+    child.close()
+    assert child.bad_lines == []
