@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
+use crate::containment::Scope;
 use crate::outbox::Outbox;
 use crate::process;
 use crate::redact::{Redactor, env_secrets};
@@ -50,6 +51,8 @@ pub(crate) struct CommandContext<'a> {
     pub(crate) redactor: &'a Redactor,
     /// Fires when the request is cancelled.
     pub(crate) cancel: &'a CancellationToken,
+    /// The request's processes: every command starts inside it.
+    pub(crate) processes: &'a Scope,
     /// SIGTERM -> SIGKILL grace when the command's group is ended.
     pub(crate) kill_grace: Duration,
     /// Bytes of stdout kept from its start for the terminal result.
@@ -150,8 +153,10 @@ impl Run<'_> {
         if self.ctx.cancel.is_cancelled() {
             return Err(CommandError::Cancelled);
         }
-        let mut child = shell_command(cmd, cwd.as_deref(), base_env)
-            .spawn()
+        let (mut child, _ticket) = self
+            .ctx
+            .processes
+            .spawn(&mut shell_command(cmd, cwd.as_deref(), base_env))
             .map_err(|e| self.start_error(format!("cannot spawn /bin/sh: {e}")))?;
         let pgid = child.id().expect("a child that was just spawned has a pid");
         let guard = GroupGuard { pgid, armed: true };
@@ -166,6 +171,8 @@ impl Run<'_> {
             Err(e) => {
                 debug!(error = %e, "ending process group");
                 end_group(&mut child, pgid, self.ctx.kill_grace).await;
+                // Then whatever left the group (setsid, setpgid).
+                self.ctx.processes.kill().await;
             }
         }
         guard.disarm();

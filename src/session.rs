@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::artifacts::{Artifacts, UploadFn, UploadJob};
 use crate::config::Config;
+use crate::containment::{Containment, Scope};
 use crate::handler::{HandlerHost, SparePool};
 use crate::http::HttpClient;
 use crate::outbox::Outbox;
@@ -48,6 +49,8 @@ pub(crate) struct SessionShared {
     /// Handler processes started ahead of need; a session takes one on its
     /// first invocation (or starts the handler itself if none is ready).
     pub(crate) spares: SparePool,
+    /// Keeps every process a request starts findable and killable.
+    pub(crate) containment: Arc<Containment>,
     /// One HTTP client for every download and upload of the server.
     pub(crate) http: HttpClient,
     /// Fired when the server shuts down: sessions cancel work and close.
@@ -58,6 +61,8 @@ pub(crate) struct SessionShared {
 struct Running {
     cancel: CancellationToken,
     task: JoinHandle<OutboundMessage>,
+    /// The request's processes (the request's task holds it too).
+    processes: Arc<Scope>,
 }
 
 /// The state of one connection.
@@ -75,6 +80,9 @@ struct Session {
     /// `end_session_message` arrived: confirm once the current request ends.
     ending: bool,
     requests_started: u64,
+    /// Scopes of completed requests that still have processes running (a
+    /// server a command started): killed when the session ends.
+    leftovers: Vec<Arc<Scope>>,
 }
 
 /// What the read loop does after a frame.
@@ -111,6 +119,7 @@ where
         close_reason,
         ending: false,
         requests_started: 0,
+        leftovers: Vec::new(),
     };
     let mut shutting_down = false;
     let mut drain: Option<JoinHandle<()>> = None;
@@ -133,7 +142,9 @@ where
                 }
             }
             terminal = current_done(&mut session.current) => {
-                session.current = None;
+                if let Some(running) = session.current.take() {
+                    session.keep_if_running(running.processes);
+                }
                 let _ = session.outbox.send(terminal).await;
             }
             () = shared.shutdown.cancelled(), if !shutting_down => {
@@ -295,7 +306,9 @@ impl Session {
             .into_owned();
         let span = tracing::info_span!("request", source_id = %source_id, kind);
         let cancel = CancellationToken::new();
+        let processes = Arc::new(self.shared.containment.scope('r'));
         let ctx = RequestContext {
+            processes: processes.clone(),
             outbox: self.outbox.clone(),
             cancel: cancel.clone(),
             redactor,
@@ -308,7 +321,11 @@ impl Session {
         };
         span.in_scope(|| tracing::info!("request started"));
         let task = tokio::spawn(request::drive(request, ctx).instrument(span));
-        self.current = Some(Running { cancel, task });
+        self.current = Some(Running {
+            cancel,
+            task,
+            processes,
+        });
     }
 
     fn cancel_current(&mut self) {
@@ -342,18 +359,32 @@ impl Session {
         self.ending = true;
     }
 
-    /// Connection is over: stop work, wait for it, stop the handler.
-    async fn close(self) {
+    /// A request ended: its scope is kept until the session ends if
+    /// something it started still runs, else let go (and removed).
+    fn keep_if_running(&mut self, processes: Arc<Scope>) {
+        if processes.settle() {
+            self.leftovers.push(processes);
+        }
+    }
+
+    /// Connection is over: stop work, wait for it, stop the handler, then
+    /// kill whatever the session's requests left running (background jobs,
+    /// processes that left their group).
+    async fn close(mut self) {
         self.artifacts.shutdown();
-        if let Some(running) = self.current {
+        if let Some(running) = self.current.take() {
             tracing::info!("connection closed mid-request; cancelling it");
             running.cancel.cancel();
             let _ = running.task.await;
+            self.leftovers.push(running.processes);
         }
         self.handler
             .lock()
             .await
             .shutdown(self.shared.config.kill_grace)
             .await;
+        for processes in self.leftovers.drain(..) {
+            processes.kill().await;
+        }
     }
 }

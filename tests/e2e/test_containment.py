@@ -1,0 +1,248 @@
+"""Process containment: a process that leaves its process group (`setsid`,
+`setpgid`) is still killed on cancel, at session end and at shutdown, in
+both containment modes (a cgroup v2 per request and handler, or the child
+subreaper with marked environments).
+
+The mode is chosen with RUNTIMEUSE_CONTAINMENT (not the flag), so the same
+tests run against an older binary that has no such flag and show it leaving
+the escapees alive. Each escapee writes its own pid to a file; the tests
+wait for that file, then check /proc/PID.
+"""
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+
+import pytest
+from runtimeuse_client import (
+    AgentRuntimeError,
+    CancelledException,
+    CommandInterface,
+    ExecuteCommandsOptions,
+    RuntimeUseClient,
+)
+
+from helpers import qopts, run, wait_until
+
+HANDLERS = pathlib.Path(__file__).parent / "handlers"
+
+
+def own_cgroup_dir() -> pathlib.Path | None:
+    """Where this process's cgroup v2 is mounted, if cgroup2 is."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, after = line.partition(" - ")
+            if after.split()[:1] == ["cgroup2"]:
+                root, point = fields.split()[3:5]
+                break
+        else:
+            return None
+    with open("/proc/self/cgroup") as f:
+        own = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    if own is None or not own.startswith(root.rstrip("/")):
+        return None
+    return pathlib.Path(point) / own[len(root.rstrip("/")):].lstrip("/")
+
+
+def cgroup_writable() -> bool:
+    base = own_cgroup_dir()
+    if base is None:
+        return False
+    probe = base / f"containment-test-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return False
+    try:
+        return (probe / "cgroup.kill").exists()
+    finally:
+        probe.rmdir()
+
+
+CGROUP = pytest.param(
+    "cgroup",
+    marks=pytest.mark.skipif(not cgroup_writable(), reason="cgroup v2 is not writable here (no cgroup.kill)"),
+)
+MODES = [CGROUP, "subreaper"]
+
+ESCAPES = {
+    # setsid: a new session and process group.
+    "setsid": "setsid sh -c 'echo $$ > {pid_file}; exec sleep 300' >/dev/null 2>&1 &",
+    # setpgid: same session, own process group.
+    "setpgid": (
+        "python3 -c 'import os,sys; os.setpgid(0, 0); open(sys.argv[1], \"w\").write(str(os.getpid())); "
+        "os.execvp(\"sleep\", [\"sleep\", \"300\"])' {pid_file} >/dev/null 2>&1 &"
+    ),
+}
+
+#: Shell: wait until the escapee wrote its pid.
+WAIT_FOR_PID = "while [ ! -s {pid_file} ]; do sleep 0.01; done"
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is dead for our purposes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def escapee_pid(pid_file: pathlib.Path) -> int:
+    assert wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=10), "escapee never started"
+    return int(pid_file.read_text())
+
+
+def runtime(start_runtime, mode, *args):
+    return start_runtime("--agent", "echo", *args, env={"RUNTIMEUSE_CONTAINMENT": mode})
+
+
+def cmds(*commands):
+    return [CommandInterface(command=c) for c in commands]
+
+
+@pytest.mark.parametrize("escape", sorted(ESCAPES))
+@pytest.mark.parametrize("mode", MODES)
+def test_cancel_kills_a_process_that_left_the_group(start_runtime, tmp_path, mode, escape):
+    rt = runtime(start_runtime, mode)
+    pid_file = tmp_path / "escapee.pid"
+    # "started" once the escapee has written its pid (it is out of the group by then).
+    command = ESCAPES[escape].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; echo started; sleep 300"
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as s:
+            async def on_output(msg):
+                if "started" in msg.text:
+                    s.abort()
+
+            with pytest.raises(CancelledException):
+                await s.execute_commands(cmds(command), ExecuteCommandsOptions(on_command_output=on_output))
+            pid = escapee_pid(pid_file)
+            assert await asyncio.to_thread(wait_until, lambda: not alive(pid), 10), f"escapee {pid} survived the cancel"
+            # The session goes on.
+            result = await s.execute_commands(cmds("echo still here"), ExecuteCommandsOptions())
+            assert result.results[0].stdout.strip() == "still here"
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_session_end_kills_what_a_completed_command_left(start_runtime, tmp_path, mode):
+    rt = runtime(start_runtime, mode)
+    pid_file = tmp_path / "escapee.pid"
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as s:
+            result = await s.execute_commands(
+                cmds(ESCAPES["setsid"].format(pid_file=pid_file)), ExecuteCommandsOptions()
+            )
+            assert result.results[0].exit_code == 0
+            pid = escapee_pid(pid_file)
+            # A completed command's background work keeps running within the session.
+            assert alive(pid)
+        return pid
+
+    pid = run(main())
+    assert wait_until(lambda: not alive(pid), timeout=10), f"escapee {pid} outlived its session"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_shutdown_kills_escapees(start_runtime, tmp_path, mode):
+    rt = runtime(start_runtime, mode, "--kill-grace", "500ms")
+    pid_file = tmp_path / "escapee.pid"
+    command = ESCAPES["setsid"].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; sleep 300"
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        task = asyncio.create_task(client.execute_commands(cmds(command), ExecuteCommandsOptions()))
+        pid = await asyncio.to_thread(escapee_pid, pid_file)
+        rt.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(AgentRuntimeError):
+            await task
+        return pid
+
+    pid = run(main())
+    assert rt.proc.wait(20) == 0
+    assert wait_until(lambda: not alive(pid), timeout=10), f"escapee {pid} outlived the runtime"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_handler_escapee_is_killed_at_session_end(start_runtime, tmp_path, mode):
+    rt = start_runtime(
+        "--handler", str(HANDLERS / "escaping_handler.py"), env={"RUNTIMEUSE_CONTAINMENT": mode}
+    )
+    pid_file = tmp_path / "handler-escapee.pid"
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as s:
+            result = await s.query(str(pid_file), qopts())
+            pid = int(result.data.text)
+            assert alive(pid)
+        return pid
+
+    pid = run(main())
+    assert wait_until(lambda: not alive(pid), timeout=10), f"the handler's escapee {pid} outlived the session"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_startup_log_says_which_containment_is_in_force(start_runtime, mode):
+    rt = runtime(start_runtime, mode)
+    expected = "cgroup v2" if mode == "cgroup" else "child subreaper"
+    assert wait_until(lambda: "process containment" in rt.log(), timeout=5), rt.log()
+    line = next(line for line in rt.log().splitlines() if "process containment" in line)
+    assert expected in line, line
+
+
+@pytest.mark.skipif(not cgroup_writable(), reason="cgroup v2 is not writable here")
+def test_auto_takes_cgroup_and_leaves_no_cgroup_behind(start_runtime, tmp_path):
+    rt = start_runtime("--agent", "echo")  # auto
+    assert "cgroup v2" in next(line for line in rt.log().splitlines() if "process containment" in line)
+    mine = list(own_cgroup_dir().glob(f"runtimeuse-{rt.proc.pid}-*"))
+    assert len(mine) == 1, mine
+    tree = mine[0]
+    pid_file = tmp_path / "bg.pid"
+
+    def request_cgroups():
+        # Requests' cgroups are r<n>; the spare handler has its own (h<n>).
+        return [p.name for p in tree.iterdir() if p.is_dir() and p.name.startswith("r")]
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        async with client.session() as s:
+            await s.execute_commands(cmds("true"), ExecuteCommandsOptions())
+            # A request whose processes all ended leaves no cgroup.
+            assert request_cgroups() == []
+            await s.execute_commands(cmds(ESCAPES["setsid"].format(pid_file=pid_file)), ExecuteCommandsOptions())
+            escapee_pid(pid_file)
+            # One still running keeps its request's cgroup, until the session ends.
+            assert len(request_cgroups()) == 1
+
+    run(main())
+    assert wait_until(lambda: not request_cgroups(), timeout=10), request_cgroups()
+    rt.stop()
+    assert not tree.exists(), "the runtime's cgroup directory outlived it"
+
+
+@pytest.mark.skipif(not cgroup_writable(), reason="cgroup v2 is not writable here")
+def test_start_up_cleans_the_cgroups_of_a_runtime_that_died(start_runtime):
+    # A runtime that died (SIGKILL) left a cgroup with a live process in it;
+    # its pid is beyond pid_max, so it cannot be alive.
+    stale = own_cgroup_dir() / "runtimeuse-99999999-1"
+    scope = stale / "r1"
+    scope.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        (scope / "cgroup.procs").write_text(str(sleeper.pid))
+        runtime(start_runtime, "cgroup")
+        assert sleeper.wait(10) == -signal.SIGKILL
+        assert not stale.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for d in (scope, stale):
+            if d.exists():
+                d.rmdir()
