@@ -141,6 +141,26 @@ impl Containment {
         }
     }
 
+    /// Kills several scopes of this containment at once (a session's
+    /// leftovers): in subreaper mode one `/proc` scan for all of them
+    /// instead of one per scope.
+    pub(crate) async fn kill_scopes(&self, scopes: &[Arc<Scope>]) {
+        let Backend::Subreaper(reaper) = &self.backend else {
+            for scope in scopes {
+                scope.kill().await;
+            }
+            return;
+        };
+        let tokens: Vec<String> = scopes
+            .iter()
+            .filter(|scope| scope.take_state().is_marked())
+            .map(|scope| scope.token())
+            .collect();
+        if !tokens.is_empty() {
+            reaper.kill_marked_any(&tokens, KILL_WAIT).await;
+        }
+    }
+
     /// At shutdown: kills everything still contained and removes the
     /// runtime's cgroup directory.
     pub(crate) async fn shutdown(&self) {
@@ -169,6 +189,12 @@ enum ScopeState {
     Cgroup(cgroup::Group),
     /// Processes were started with its token.
     Marked,
+}
+
+impl ScopeState {
+    fn is_marked(&self) -> bool {
+        matches!(self, Self::Marked)
+    }
 }
 
 /// Keeps a spawned child known to the subreaper's reaping (which must not
@@ -218,15 +244,24 @@ impl Scope {
         }
     }
 
+    /// The state, leaving the scope unused (its processes are being killed).
+    fn take_state(&self) -> ScopeState {
+        std::mem::replace(
+            &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            ScopeState::Unused,
+        )
+    }
+
     /// Kills every process in the scope and waits (within a bound) until
     /// they are gone; the scope is empty and reusable afterwards.
     pub(crate) async fn kill(&self) {
-        let state = std::mem::replace(
-            &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner),
-            ScopeState::Unused,
-        );
-        match (state, &self.owner.backend) {
-            (ScopeState::Cgroup(group), Backend::Cgroup(_)) => group.kill_and_remove(KILL_WAIT).await,
+        match (self.take_state(), &self.owner.backend) {
+            (ScopeState::Cgroup(group), Backend::Cgroup(tree)) => {
+                if group.kill_and_wait(KILL_WAIT).await {
+                    tree.recycle(group);
+                }
+                // Else left for the shutdown sweep (and logged).
+            }
             (ScopeState::Marked, Backend::Subreaper(reaper)) => {
                 reaper.kill_marked(&self.token(), KILL_WAIT).await;
             }
@@ -236,7 +271,8 @@ impl Scope {
 
     /// After the scope's work completed normally: whether something it
     /// started still runs (a background server), so the scope must be kept
-    /// until the session ends. An empty cgroup is removed now.
+    /// until the session ends. An empty cgroup is given back now (kept
+    /// for the next scope, or removed).
     pub(crate) fn settle(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match &*state {
@@ -247,9 +283,11 @@ impl Scope {
                 if group.is_populated() {
                     return true;
                 }
-                if let ScopeState::Cgroup(group) = std::mem::replace(&mut *state, ScopeState::Unused)
-                {
-                    group.remove_if_empty();
+                if let (ScopeState::Cgroup(group), Backend::Cgroup(tree)) = (
+                    std::mem::replace(&mut *state, ScopeState::Unused),
+                    &self.owner.backend,
+                ) {
+                    tree.recycle(group);
                 }
                 false
             }

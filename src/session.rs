@@ -383,8 +383,6 @@ impl Session {
             .await
             .shutdown(self.shared.config.kill_grace)
             .await;
-        for processes in self.leftovers.drain(..) {
-            processes.kill().await;
-        }
+        self.shared.containment.kill_scopes(&self.leftovers).await;
     }
 }

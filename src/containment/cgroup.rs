@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -28,6 +29,9 @@ use super::POLL;
 
 /// The prefix of every runtime's own directory, followed by `<pid>-<n>`.
 const DIR_PREFIX: &str = "runtimeuse-";
+
+/// Empty scope cgroups kept for reuse.
+const IDLE_MAX: usize = 4;
 
 /// How long start-up waits for a stale runtime's processes to die.
 const STALE_KILL_WAIT: Duration = Duration::from_secs(5);
@@ -70,7 +74,11 @@ fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cgroup
 
 /// The runtime's own directory of scope cgroups.
 pub(super) struct Tree {
-    root: PathBuf,
+    /// `<runtime's cgroup>/runtimeuse-<pid>-<n>`.
+    pub(super) root: PathBuf,
+    /// Empty scope cgroups kept for the next scopes: creating and removing
+    /// one costs about 0.1 ms, a good part of a `true` command's round trip.
+    idle: Mutex<Vec<Group>>,
 }
 
 impl fmt::Display for Tree {
@@ -93,7 +101,10 @@ impl Tree {
         );
         let root = parent.join(name);
         fs::create_dir(&root).map_err(io_error("cannot create", &root))?;
-        let tree = Self { root };
+        let tree = Self {
+            root,
+            idle: Mutex::new(Vec::new()),
+        };
         if let Err(e) = tree.probe() {
             let _ = fs::remove_dir(&tree.root);
             return Err(e);
@@ -104,7 +115,7 @@ impl Tree {
     /// Runs `/bin/sh -c :` in a fresh cgroup the way commands will be run.
     fn probe(&self) -> Result<(), CgroupError> {
         let group = self
-            .group("probe")
+            .new_group("probe")
             .map_err(io_error("cannot create", &self.root))?;
         let mut command = std::process::Command::new("/bin/sh");
         command.args(["-c", ":"]);
@@ -118,8 +129,37 @@ impl Tree {
         }
     }
 
-    /// Creates the cgroup of a scope.
+    /// A cgroup for a scope: an idle one, else a new one named `name`.
     pub(super) fn group(&self, name: &str) -> io::Result<Group> {
+        if let Some(group) = self.idle().pop() {
+            return Ok(group);
+        }
+        self.new_group(name)
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Group>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes back the cgroup of a scope whose processes are all gone: kept
+    /// for reuse (up to [`IDLE_MAX`]) or removed; one still populated is
+    /// killed and removed.
+    pub(super) fn recycle(&self, group: Group) {
+        if group.is_populated() {
+            group.kill_now();
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < IDLE_MAX {
+            idle.push(group);
+        } else {
+            drop(idle);
+            group.remove_if_empty();
+        }
+    }
+
+    /// Creates the cgroup of a scope.
+    fn new_group(&self, name: &str) -> io::Result<Group> {
         let dir = self.root.join(name);
         match fs::create_dir(&dir) {
             Ok(()) => {}
@@ -135,6 +175,7 @@ impl Tree {
 
     /// Kills every scope left and removes the runtime's directory.
     pub(super) async fn sweep(&self, wait: Duration) {
+        self.idle().clear();
         sweep_tree(&self.root, wait).await;
     }
 }
@@ -347,14 +388,11 @@ impl Group {
         let _ = fs::remove_dir(&self.dir);
     }
 
-    /// SIGKILLs everything in it, waits until it is empty, removes it.
-    pub(super) async fn kill_and_remove(self, wait: Duration) {
+    /// SIGKILLs everything in it and waits until it is empty; whether it
+    /// is.
+    pub(super) async fn kill_and_wait(&self, wait: Duration) -> bool {
         kill_cgroup(&self.dir);
-        if wait_empty(&self.dir, Instant::now() + wait).await
-            && let Err(e) = fs::remove_dir(&self.dir)
-        {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a scope's cgroup");
-        }
+        wait_empty(&self.dir, Instant::now() + wait).await
     }
 }
 

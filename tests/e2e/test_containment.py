@@ -80,6 +80,22 @@ ESCAPES = {
 WAIT_FOR_PID = "while [ ! -s {pid_file} ]; do sleep 0.01; done"
 
 
+@pytest.fixture(autouse=True)
+def kill_surviving_escapees(tmp_path):
+    """A failing test (or an older binary) must not leave its 300 s
+    sleepers behind: whatever pid the escapees wrote is killed at teardown
+    if it is still that sleeper."""
+    yield
+    for pid_file in tmp_path.glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"sleep" in f.read():
+                    os.kill(pid, signal.SIGKILL)
+        except (ValueError, OSError):
+            pass
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie is dead for our purposes)."""
     try:
@@ -206,23 +222,25 @@ def test_auto_takes_cgroup_and_leaves_no_cgroup_behind(start_runtime, tmp_path):
     tree = mine[0]
     pid_file = tmp_path / "bg.pid"
 
-    def request_cgroups():
-        # Requests' cgroups are r<n>; the spare handler has its own (h<n>).
-        return [p.name for p in tree.iterdir() if p.is_dir() and p.name.startswith("r")]
+    def populated_cgroups():
+        # Empty ones are kept for reuse; the spare handler has its own.
+        return [p.name for p in tree.iterdir() if p.is_dir() and "populated 1" in (p / "cgroup.events").read_text()]
 
     async def main():
         client = RuntimeUseClient(ws_url=rt.url)
         async with client.session() as s:
+            handler_only = populated_cgroups()
             await s.execute_commands(cmds("true"), ExecuteCommandsOptions())
-            # A request whose processes all ended leaves no cgroup.
-            assert request_cgroups() == []
+            # A request whose processes all ended leaves nothing running.
+            assert populated_cgroups() == handler_only
             await s.execute_commands(cmds(ESCAPES["setsid"].format(pid_file=pid_file)), ExecuteCommandsOptions())
             escapee_pid(pid_file)
             # One still running keeps its request's cgroup, until the session ends.
-            assert len(request_cgroups()) == 1
+            assert len(populated_cgroups()) == len(handler_only) + 1
+            return handler_only
 
-    run(main())
-    assert wait_until(lambda: not request_cgroups(), timeout=10), request_cgroups()
+    handler_only = run(main())
+    assert wait_until(lambda: populated_cgroups() == handler_only, timeout=10), populated_cgroups()
     rt.stop()
     assert not tree.exists(), "the runtime's cgroup directory outlived it"
 
