@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
-use crate::containment::Scope;
+use crate::containment::{SHELL_GATE, Scope};
 use crate::outbox::Outbox;
 use crate::process;
 use crate::redact::{Redactor, env_secrets};
@@ -153,11 +153,16 @@ impl Run<'_> {
         if self.ctx.cancel.is_cancelled() {
             return Err(CommandError::Cancelled);
         }
-        let (mut child, _ticket) = self
-            .ctx
-            .processes
-            .spawn(&mut shell_command(cmd, cwd.as_deref(), base_env))
-            .map_err(|e| self.start_error(format!("cannot spawn /bin/sh: {e}")))?;
+        let processes = self.ctx.processes;
+        let gated = processes.gates_shells();
+        let mut shell = shell_command(cmd, cwd.as_deref(), base_env, gated);
+        let spawned = if gated {
+            processes.spawn_gated_shell(&mut shell)
+        } else {
+            processes.spawn(&mut shell)
+        };
+        let (mut child, _ticket) =
+            spawned.map_err(|e| self.start_error(format!("cannot spawn /bin/sh: {e}")))?;
         let pgid = child.id().expect("a child that was just spawned has a pid");
         let guard = GroupGuard { pgid, armed: true };
         debug!(pgid, "started");
@@ -233,11 +238,13 @@ async fn prepare_cwd(cwd: Option<&str>) -> Result<Option<PathBuf>, String> {
 
 /// `/bin/sh -c <command>` in a new process group, environment = the base
 /// environment with the command's `env` laid over it, minus the runtime's
-/// auth token.
+/// auth token. `gated`: the script waits for stdin to close first (see
+/// [`Scope::spawn_gated_shell`]).
 fn shell_command(
     cmd: &wire::Command,
     cwd: Option<&Path>,
     base_env: BaseEnv,
+    gated: bool,
 ) -> tokio::process::Command {
     let mut shell = tokio::process::Command::new("/bin/sh");
     match base_env {
@@ -247,11 +254,16 @@ fn shell_command(
             shell.env_clear().envs(vars);
         }
     }
+    shell.arg("-c");
+    if gated {
+        shell
+            .arg(format!("{SHELL_GATE}{}", cmd.command))
+            .stdin(Stdio::piped());
+    } else {
+        shell.arg(&cmd.command).stdin(Stdio::null());
+    }
     shell
-        .arg("-c")
-        .arg(&cmd.command)
         .envs(cmd.env.iter().flatten())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Last resort if this future is dropped mid-run: the leader is

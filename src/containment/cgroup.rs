@@ -371,6 +371,11 @@ impl Group {
         }
     }
 
+    /// Moves a process (and its threads) into it, from the runtime.
+    pub(super) fn adopt(&self, pid: u32) -> io::Result<()> {
+        (&self.procs).write_all(pid.to_string().as_bytes())
+    }
+
     /// Whether a live process is in it.
     pub(super) fn is_populated(&self) -> bool {
         populated(&self.dir)

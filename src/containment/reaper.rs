@@ -10,7 +10,7 @@
 //! - Orphans reparented to the runtime must be reaped by it, but tokio
 //!   waits for the children it spawned by pid, so reaping "any child"
 //!   (`waitpid(-1)`) would steal their exit statuses. On SIGCHLD the runtime
-//!   lists its own children (`/proc/self/task/*/children`) and reaps, by
+//!   lists its adopted children (`/proc/PID/task/PID/children`) and reaps, by
 //!   pid, only those it did not spawn itself. Spawning registers the child
 //!   under the same lock, so a child is never seen before it is known.
 //!
@@ -195,17 +195,15 @@ pub(super) fn reap_adopted() {
     }
 }
 
-/// The runtime's children: every thread's `children` list (reparented
-/// orphans are attached to one of the runtime's threads).
+/// The runtime's adopted children: the main thread's `children` list. An
+/// orphan is reparented to the first live thread of its subreaper, which is
+/// the main thread while the runtime serves (it runs the async runtime's
+/// `block_on`); children the runtime spawned itself are listed under the
+/// thread that spawned them, and are tokio's to reap anyway. One read
+/// instead of one per thread (the blocking pool can have dozens).
 fn own_children() -> Vec<u32> {
-    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    let mut children = Vec::new();
-    for thread in threads.flatten() {
-        if let Ok(list) = std::fs::read_to_string(thread.path().join("children")) {
-            children.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    children
+    let me = std::process::id();
+    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        .map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
 }

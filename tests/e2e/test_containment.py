@@ -163,6 +163,9 @@ def test_session_end_kills_what_a_completed_command_left(start_runtime, tmp_path
 
     pid = run(main())
     assert wait_until(lambda: not alive(pid), timeout=10), f"escapee {pid} outlived its session"
+    if mode == "subreaper":
+        # Its shell exited, so it was the runtime's to reap: no zombie stays.
+        assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10), f"escapee {pid} left a zombie"
 
 
 @pytest.mark.parametrize("mode", MODES)
