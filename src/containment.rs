@@ -296,9 +296,9 @@ impl Scope {
         tree: &cgroup::Tree,
     ) -> io::Result<&'s cgroup::Group> {
         if !matches!(state, ScopeState::Cgroup(_)) {
-            let group = tree.group(&self.name).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot create its cgroup: {e}"))
-            })?;
+            let group = tree
+                .group(&self.name)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot create its cgroup: {e}")))?;
             *state = ScopeState::Cgroup(group);
         }
         match state {
@@ -312,10 +312,10 @@ impl Scope {
     pub(crate) async fn kill(&self) {
         match (self.take_state(), &self.owner.backend) {
             (ScopeState::Cgroup(group), Backend::Cgroup(tree)) => {
-                if group.kill_and_wait(KILL_WAIT).await {
-                    tree.recycle(group);
-                }
-                // Else left for the shutdown sweep (and logged).
+                // Still populated after the wait (logged): recycling kills
+                // again and leaves the directory to the shutdown sweep.
+                group.kill_and_wait(KILL_WAIT).await;
+                tree.recycle(group);
             }
             (ScopeState::Marked, Backend::Subreaper(reaper)) => {
                 reaper.kill_marked(&self.token(), KILL_WAIT).await;
@@ -353,7 +353,10 @@ impl Scope {
 impl Drop for Scope {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        match (std::mem::replace(state, ScopeState::Unused), &self.owner.backend) {
+        match (
+            std::mem::replace(state, ScopeState::Unused),
+            &self.owner.backend,
+        ) {
             (ScopeState::Cgroup(group), _) => group.kill_now(),
             (ScopeState::Marked, Backend::Subreaper(_)) => {
                 reaper::signal_marked(&reaper::token(&self.name));

@@ -65,11 +65,7 @@ pub(crate) enum CgroupError {
 
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
     let path = path.to_owned();
-    move |source| CgroupError::Io {
-        what,
-        path,
-        source,
-    }
+    move |source| CgroupError::Io { what, path, source }
 }
 
 /// The runtime's own directory of scope cgroups.
@@ -329,16 +325,15 @@ fn populated(dir: &Path) -> bool {
 
 /// Waits until the cgroup is empty, killing again whatever appears (the
 /// fallback without `cgroup.kill` may miss a process forked meanwhile).
-async fn wait_empty(dir: &Path, deadline: Instant) -> bool {
+async fn wait_empty(dir: &Path, deadline: Instant) {
     while populated(dir) {
         if Instant::now() >= deadline {
             tracing::warn!(dir = %dir.display(), "processes of a scope are still alive after SIGKILL");
-            return false;
+            return;
         }
         sleep(POLL).await;
         kill_cgroup(dir);
     }
-    true
 }
 
 /// One scope's cgroup.
@@ -393,11 +388,11 @@ impl Group {
         let _ = fs::remove_dir(&self.dir);
     }
 
-    /// SIGKILLs everything in it and waits until it is empty; whether it
-    /// is.
-    pub(super) async fn kill_and_wait(&self, wait: Duration) -> bool {
+    /// SIGKILLs everything in it and waits (within `wait`) until it is
+    /// empty.
+    pub(super) async fn kill_and_wait(&self, wait: Duration) {
         kill_cgroup(&self.dir);
-        wait_empty(&self.dir, Instant::now() + wait).await
+        wait_empty(&self.dir, Instant::now() + wait).await;
     }
 }
 
@@ -441,7 +436,10 @@ mod tests {
             relative_to_mount("/system.slice/x.scope", "/").as_deref(),
             Some("system.slice/x.scope")
         );
-        assert_eq!(relative_to_mount("/docker/abc/x", "/docker/abc").as_deref(), Some("x"));
+        assert_eq!(
+            relative_to_mount("/docker/abc/x", "/docker/abc").as_deref(),
+            Some("x")
+        );
         assert_eq!(relative_to_mount("/docker/abcd", "/docker/abc"), None);
         assert_eq!(relative_to_mount("/other", "/docker/abc"), None);
     }

@@ -73,7 +73,10 @@ impl Reaper {
     }
 
     /// Spawns `command` and registers its child as tokio's.
-    pub(super) fn spawn(&self, command: &mut tokio::process::Command) -> io::Result<(Child, Ticket)> {
+    pub(super) fn spawn(
+        &self,
+        command: &mut tokio::process::Command,
+    ) -> io::Result<(Child, Ticket)> {
         let mut owned = owned();
         let child = command.spawn()?;
         let pid = child.id();
@@ -141,7 +144,10 @@ async fn kill_until_none(matches: impl Fn(&[u8]) -> bool, wait: Duration) {
             return;
         }
         if Instant::now() >= deadline {
-            tracing::warn!(signalled, "processes of a scope are still alive after SIGKILL");
+            tracing::warn!(
+                signalled,
+                "processes of a scope are still alive after SIGKILL"
+            );
             return;
         }
         sleep(POLL).await;
@@ -204,6 +210,10 @@ pub(super) fn reap_adopted() {
 fn own_children() -> Vec<u32> {
     let me = std::process::id();
     std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
-        .map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

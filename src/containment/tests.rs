@@ -27,7 +27,10 @@ fn alive(pid: u32) -> bool {
 async fn spawn_escapee(scope: &Scope) -> (tokio::process::Child, ChildTicket, u32) {
     let mut command = tokio::process::Command::new("/bin/sh");
     command
-        .args(["-c", "setsid sleep 300 >/dev/null & echo $!; exec sleep 300"])
+        .args([
+            "-c",
+            "setsid sleep 300 >/dev/null & echo $!; exec sleep 300",
+        ])
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     let (mut child, ticket) = scope.spawn(&mut command).unwrap();
@@ -50,7 +53,9 @@ async fn killing_a_cgroup_scope_kills_processes_outside_the_group() {
     assert!(scope.settle(), "a scope with live processes is kept");
     scope.kill().await;
     assert!(!alive(escapee), "escapee {escapee} survived");
-    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap();
     assert!(!scope.settle(), "a killed scope is empty");
     containment.shutdown().await;
 }
@@ -78,7 +83,10 @@ async fn an_empty_cgroup_is_reused_and_everything_is_removed_at_shutdown() {
         .spawn(tokio::process::Command::new("/bin/true").kill_on_drop(true))
         .unwrap();
     child.wait().await.unwrap();
-    assert!(!root.join(&next.name).exists(), "the idle cgroup was reused");
+    assert!(
+        !root.join(&next.name).exists(),
+        "the idle cgroup was reused"
+    );
     assert!(!next.settle());
     // A scope dropped with work inside, then the shutdown sweep.
     let left = containment.scope('h');

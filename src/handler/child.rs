@@ -75,11 +75,12 @@ impl HandlerProcess {
         redactor: Redactor,
         processes: Scope,
     ) -> Result<Self, HandlerError> {
-        let (mut child, ticket) = processes
-            .spawn(&mut command.to_process_command())
-            .map_err(|e| {
-                HandlerError::Failed(redactor.redact_str(&command.spawn_error(&e)).into_owned())
-            })?;
+        let (mut child, ticket) =
+            processes
+                .spawn(&mut command.to_process_command())
+                .map_err(|e| {
+                    HandlerError::Failed(redactor.redact_str(&command.spawn_error(&e)).into_owned())
+                })?;
         let pgid = child.id().expect("a just-spawned child has a pid");
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
