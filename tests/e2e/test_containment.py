@@ -22,8 +22,9 @@ from runtimeuse_client import (
     ExecuteCommandsOptions,
     RuntimeUseClient,
 )
+from test_pid1 import ORPHAN_FATE, UNSHARE, pid_namespaces_work, wait_for_port
 
-from helpers import qopts, run, wait_until
+from helpers import BIN, free_port, pgrep, qopts, run, unique, wait_until
 
 HANDLERS = pathlib.Path(__file__).parent / "handlers"
 
@@ -267,3 +268,36 @@ def test_start_up_cleans_the_cgroups_of_a_runtime_that_died(start_runtime):
         for d in (scope, stale):
             if d.exists():
                 d.rmdir()
+
+
+@pytest.mark.skipif(not pid_namespaces_work(), reason="needs unshare with PID namespaces (root)")
+def test_subreaper_as_pid1_reaps_orphans_and_kills_escapees(tmp_path):
+    """As a container's PID 1 (the init fork) with the subreaper, an orphan
+    goes to the server, not to init: the server must reap it, and still
+    kill what escaped when the session ends."""
+    port = free_port()
+    log = open(tmp_path / "runtime.log", "wb")
+    proc = subprocess.Popen(
+        [*UNSHARE, BIN, "--agent", "echo", "--host", "127.0.0.1", "--port", str(port)],
+        stderr=log, start_new_session=True, env={**os.environ, "RUNTIMEUSE_CONTAINMENT": "subreaper"},
+    )
+    mark = unique("escapee")
+    try:
+        wait_for_port(port, proc)
+
+        async def scenario():
+            client = RuntimeUseClient(ws_url=f"ws://127.0.0.1:{port}")
+            async with client.session() as s:
+                fate = await s.execute_commands(cmds(ORPHAN_FATE.format(dir=tmp_path)), ExecuteCommandsOptions())
+                await s.execute_commands(
+                    cmds(f"setsid sh -c 'sleep 300; echo {mark}' >/dev/null 2>&1 &"), ExecuteCommandsOptions()
+                )
+                assert await asyncio.to_thread(wait_until, lambda: pgrep(mark), 10)
+                return fate.results[0].stdout.strip()
+
+        assert run(scenario()) == "REAPED"
+        assert wait_until(lambda: not pgrep(mark), timeout=10), f"escapee survived the session: {pgrep(mark)}"
+        assert "child subreaper" in (tmp_path / "runtime.log").read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
