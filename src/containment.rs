@@ -25,9 +25,11 @@
 //!
 //! Scopes: each request that runs commands has one (its commands share it),
 //! and each handler process has one. A cancelled request's scope is killed
-//! with it; a request that completed keeps its scope while something in it
-//! still runs (a server started by a command), until the session ends. At
-//! shutdown whatever is left under the runtime's directory is killed.
+//! with it (a client's cancel, a disconnect, shutdown), background jobs of
+//! its completed commands included; what a request that completed left
+//! running (a server started with `&`) keeps running, as it always did,
+//! but stays contained and is killed at shutdown. A handler's scope dies
+//! with the handler process.
 
 mod cgroup;
 mod reaper;
@@ -147,26 +149,6 @@ impl Containment {
         }
     }
 
-    /// Kills several scopes of this containment at once (a session's
-    /// leftovers): in subreaper mode one `/proc` scan for all of them
-    /// instead of one per scope.
-    pub(crate) async fn kill_scopes(&self, scopes: &[Arc<Scope>]) {
-        let Backend::Subreaper(reaper) = &self.backend else {
-            for scope in scopes {
-                scope.kill().await;
-            }
-            return;
-        };
-        let tokens: Vec<String> = scopes
-            .iter()
-            .filter(|scope| scope.take_state().is_marked())
-            .map(|scope| scope.token())
-            .collect();
-        if !tokens.is_empty() {
-            reaper.kill_marked_any(&tokens, KILL_WAIT).await;
-        }
-    }
-
     /// At shutdown: kills everything still contained and removes the
     /// runtime's cgroup directory.
     pub(crate) async fn shutdown(&self) {
@@ -195,12 +177,6 @@ enum ScopeState {
     Cgroup(cgroup::Group),
     /// Processes were started with its token.
     Marked,
-}
-
-impl ScopeState {
-    fn is_marked(&self) -> bool {
-        matches!(self, Self::Marked)
-    }
 }
 
 /// Keeps a spawned child known to the subreaper's reaping (which must not
@@ -324,28 +300,17 @@ impl Scope {
         }
     }
 
-    /// After the scope's work completed normally: whether something it
-    /// started still runs (a background server), so the scope must be kept
-    /// until the session ends. An empty cgroup is given back now (kept
-    /// for the next scope, or removed).
-    pub(crate) fn settle(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*state {
-            ScopeState::Unused => false,
-            // Only a /proc scan could tell; keeping a token costs nothing.
-            ScopeState::Marked => true,
-            ScopeState::Cgroup(group) => {
-                if group.is_populated() {
-                    return true;
-                }
-                if let (ScopeState::Cgroup(group), Backend::Cgroup(tree)) = (
-                    std::mem::replace(&mut *state, ScopeState::Unused),
-                    &self.owner.backend,
-                ) {
-                    tree.recycle(group);
-                }
-                false
-            }
+    /// After the scope's work completed normally: what it left running (a
+    /// server a command started with `&`, escaped or not) keeps running,
+    /// as background jobs always did, and is killed at shutdown; an empty
+    /// cgroup is given back now (kept for the next scope, or removed).
+    /// Afterwards the scope holds nothing, and dropping it kills nothing.
+    pub(crate) fn release(&self) {
+        // Marked processes (subreaper) stay findable by the runtime's prefix.
+        if let (ScopeState::Cgroup(group), Backend::Cgroup(tree)) =
+            (self.take_state(), &self.owner.backend)
+        {
+            tree.detach(group);
         }
     }
 }

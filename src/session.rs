@@ -80,9 +80,6 @@ struct Session {
     /// `end_session_message` arrived: confirm once the current request ends.
     ending: bool,
     requests_started: u64,
-    /// Scopes of completed requests that still have processes running (a
-    /// server a command started): killed when the session ends.
-    leftovers: Vec<Arc<Scope>>,
 }
 
 /// What the read loop does after a frame.
@@ -119,7 +116,6 @@ where
         close_reason,
         ending: false,
         requests_started: 0,
-        leftovers: Vec::new(),
     };
     let mut shutting_down = false;
     let mut drain: Option<JoinHandle<()>> = None;
@@ -143,7 +139,7 @@ where
             }
             terminal = current_done(&mut session.current) => {
                 if let Some(running) = session.current.take() {
-                    session.keep_if_running(running.processes);
+                    running.processes.release();
                 }
                 let _ = session.outbox.send(terminal).await;
             }
@@ -359,30 +355,20 @@ impl Session {
         self.ending = true;
     }
 
-    /// A request ended: its scope is kept until the session ends if
-    /// something it started still runs, else let go (and removed).
-    fn keep_if_running(&mut self, processes: Arc<Scope>) {
-        if processes.settle() {
-            self.leftovers.push(processes);
-        }
-    }
-
-    /// Connection is over: stop work, wait for it, stop the handler, then
-    /// kill whatever the session's requests left running (background jobs,
-    /// processes that left their group).
-    async fn close(mut self) {
+    /// Connection is over: stop work, wait for it, stop the handler (and
+    /// everything it started).
+    async fn close(self) {
         self.artifacts.shutdown();
-        if let Some(running) = self.current.take() {
+        if let Some(running) = self.current {
             tracing::info!("connection closed mid-request; cancelling it");
             running.cancel.cancel();
             let _ = running.task.await;
-            self.leftovers.push(running.processes);
+            running.processes.release();
         }
         self.handler
             .lock()
             .await
             .shutdown(self.shared.config.kill_grace)
             .await;
-        self.shared.containment.kill_scopes(&self.leftovers).await;
     }
 }

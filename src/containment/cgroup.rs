@@ -75,6 +75,9 @@ pub(super) struct Tree {
     /// Empty scope cgroups kept for the next scopes: creating and removing
     /// one costs about 0.1 ms, a good part of a `true` command's round trip.
     idle: Mutex<Vec<Group>>,
+    /// Cgroups of completed requests that left processes running: kept
+    /// (not killed) until shutdown, pruned as they empty.
+    detached: Mutex<Vec<Group>>,
 }
 
 impl fmt::Display for Tree {
@@ -100,6 +103,7 @@ impl Tree {
         let tree = Self {
             root,
             idle: Mutex::new(Vec::new()),
+            detached: Mutex::new(Vec::new()),
         };
         if let Err(e) = tree.probe() {
             let _ = fs::remove_dir(&tree.root);
@@ -154,6 +158,21 @@ impl Tree {
         }
     }
 
+    /// Takes the cgroup of a completed request: kept while something in
+    /// it runs, recycled once empty (checked whenever another is detached).
+    pub(super) fn detach(&self, group: Group) {
+        let mut detached = self.detached.lock().unwrap_or_else(PoisonError::into_inner);
+        let (live, empty): (Vec<Group>, Vec<Group>) = std::mem::take(&mut *detached)
+            .into_iter()
+            .chain(std::iter::once(group))
+            .partition(Group::is_populated);
+        *detached = live;
+        drop(detached);
+        for group in empty {
+            self.recycle(group);
+        }
+    }
+
     /// Creates the cgroup of a scope.
     fn new_group(&self, name: &str) -> io::Result<Group> {
         let dir = self.root.join(name);
@@ -172,6 +191,10 @@ impl Tree {
     /// Kills every scope left and removes the runtime's directory.
     pub(super) async fn sweep(&self, wait: Duration) {
         self.idle().clear();
+        self.detached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         sweep_tree(&self.root, wait).await;
     }
 }

@@ -92,15 +92,6 @@ impl Reaper {
         kill_until_none(|var| var == entry.as_bytes(), wait).await;
     }
 
-    /// SIGKILLs every process marked with any of `tokens`.
-    pub(super) async fn kill_marked_any(&self, tokens: &[String], wait: Duration) {
-        let entries: std::collections::HashSet<Vec<u8>> = tokens
-            .iter()
-            .map(|token| format!("{SCOPE_ENV}={token}").into_bytes())
-            .collect();
-        kill_until_none(|var| entries.contains(var), wait).await;
-    }
-
     /// SIGKILLs every process marked by any scope of this runtime.
     pub(super) async fn kill_all(&self, wait: Duration) {
         let prefix = format!("{SCOPE_ENV}={}-", std::process::id());

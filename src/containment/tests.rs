@@ -50,13 +50,11 @@ async fn killing_a_cgroup_scope_kills_processes_outside_the_group() {
     let scope = containment.scope('r');
     let (mut child, _ticket, escapee) = spawn_escapee(&scope).await;
     assert!(alive(escapee));
-    assert!(scope.settle(), "a scope with live processes is kept");
     scope.kill().await;
     assert!(!alive(escapee), "escapee {escapee} survived");
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
         .unwrap();
-    assert!(!scope.settle(), "a killed scope is empty");
     containment.shutdown().await;
 }
 
@@ -76,7 +74,7 @@ async fn an_empty_cgroup_is_reused_and_everything_is_removed_at_shutdown() {
     let dir = root.join(&scope.name);
     assert!(dir.is_dir());
     child.wait().await.unwrap();
-    assert!(!scope.settle(), "nothing runs any more");
+    scope.release();
     // The empty cgroup is kept for the next scope instead of a new one.
     let next = containment.scope('r');
     let (mut child, _ticket) = next
@@ -87,7 +85,7 @@ async fn an_empty_cgroup_is_reused_and_everything_is_removed_at_shutdown() {
         !root.join(&next.name).exists(),
         "the idle cgroup was reused"
     );
-    assert!(!next.settle());
+    next.release();
     // A scope dropped with work inside, then the shutdown sweep.
     let left = containment.scope('h');
     let (_child, _ticket, escapee) = spawn_escapee(&left).await;
@@ -100,6 +98,23 @@ async fn an_empty_cgroup_is_reused_and_everything_is_removed_at_shutdown() {
 #[tokio::test]
 async fn an_unused_scope_costs_nothing() {
     let scope = Containment::off().scope('r');
-    assert!(!scope.settle());
+    scope.release();
     scope.kill().await;
+}
+
+#[tokio::test]
+async fn a_released_scope_leaves_its_processes_running_until_shutdown() {
+    let Some(containment) = cgroup_or_skip() else {
+        return;
+    };
+    let scope = containment.scope('r');
+    let (_child, _ticket, escapee) = spawn_escapee(&scope).await;
+    scope.release();
+    drop(scope);
+    assert!(
+        alive(escapee),
+        "a completed request's background work keeps running"
+    );
+    containment.shutdown().await;
+    assert!(!alive(escapee), "escapee {escapee} outlived the shutdown");
 }

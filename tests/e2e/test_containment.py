@@ -1,7 +1,8 @@
 """Process containment: a process that leaves its process group (`setsid`,
-`setpgid`) is still killed on cancel, at session end and at shutdown, in
-both containment modes (a cgroup v2 per request and handler, or the child
-subreaper with marked environments).
+`setpgid`) is still killed on cancel, when the client vanishes mid-command,
+with its handler at session end, and at shutdown, in both containment modes
+(a cgroup v2 per request and handler, or the child subreaper with marked
+environments).
 
 The mode is chosen with RUNTIMEUSE_CONTAINMENT (not the flag), so the same
 tests run against an older binary that has no such flag and show it leaving
@@ -146,27 +147,50 @@ def test_cancel_kills_a_process_that_left_the_group(start_runtime, tmp_path, mod
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_session_end_kills_what_a_completed_command_left(start_runtime, tmp_path, mode):
+def test_client_vanishing_mid_command_kills_escapees(start_runtime, tmp_path, mode):
+    """The session ends while the command runs (the one-shot client's
+    connection goes away): like a cancel, everything the request started
+    dies, what left the group too."""
     rt = runtime(start_runtime, mode)
     pid_file = tmp_path / "escapee.pid"
+    command = ESCAPES["setsid"].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; sleep 300"
 
     async def main():
         client = RuntimeUseClient(ws_url=rt.url)
-        async with client.session() as s:
-            result = await s.execute_commands(
-                cmds(ESCAPES["setsid"].format(pid_file=pid_file)), ExecuteCommandsOptions()
-            )
-            assert result.results[0].exit_code == 0
-            pid = escapee_pid(pid_file)
-            # A completed command's background work keeps running within the session.
-            assert alive(pid)
+        task = asyncio.create_task(client.execute_commands(cmds(command), ExecuteCommandsOptions()))
+        pid = await asyncio.to_thread(escapee_pid, pid_file)
+        task.cancel()  # the one-shot client closes its socket
+        with pytest.raises(asyncio.CancelledError):
+            await task
         return pid
 
     pid = run(main())
     assert wait_until(lambda: not alive(pid), timeout=10), f"escapee {pid} outlived its session"
     if mode == "subreaper":
-        # Its shell exited, so it was the runtime's to reap: no zombie stays.
+        # Its shell is gone, so it was the runtime's to reap: no zombie stays.
         assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10), f"escapee {pid} left a zombie"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_what_a_completed_command_left_runs_on_until_shutdown(start_runtime, tmp_path, mode):
+    """`server &` from a completed command keeps running after its session
+    (a later connection may use it), escaped or not, but stays contained:
+    shutdown kills it."""
+    rt = runtime(start_runtime, mode)
+    pid_file = tmp_path / "escapee.pid"
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        result = await client.execute_commands(cmds(ESCAPES["setsid"].format(pid_file=pid_file)), ExecuteCommandsOptions())
+        assert result.results[0].exit_code == 0
+        return escapee_pid(pid_file)
+
+    pid = run(main())
+    # A second one-shot connection still finds it running.
+    check = run(RuntimeUseClient(ws_url=rt.url).execute_commands(cmds(f"kill -0 {pid} && echo up"), ExecuteCommandsOptions()))
+    assert check.results[0].stdout.strip() == "up"
+    assert rt.stop() == 0
+    assert wait_until(lambda: not alive(pid), timeout=10), f"escapee {pid} outlived the runtime"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -238,14 +262,13 @@ def test_auto_takes_cgroup_and_leaves_no_cgroup_behind(start_runtime, tmp_path):
             # A request whose processes all ended leaves nothing running.
             assert populated_cgroups() == handler_only
             await s.execute_commands(cmds(ESCAPES["setsid"].format(pid_file=pid_file)), ExecuteCommandsOptions())
-            escapee_pid(pid_file)
-            # One still running keeps its request's cgroup, until the session ends.
+            # One still running keeps its request's cgroup.
             assert len(populated_cgroups()) == len(handler_only) + 1
-            return handler_only
+        return escapee_pid(pid_file)
 
-    handler_only = run(main())
-    assert wait_until(lambda: populated_cgroups() == handler_only, timeout=10), populated_cgroups()
+    pid = run(main())
     rt.stop()
+    assert not alive(pid)
     assert not tree.exists(), "the runtime's cgroup directory outlived it"
 
 
@@ -270,11 +293,21 @@ def test_start_up_cleans_the_cgroups_of_a_runtime_that_died(start_runtime):
                 d.rmdir()
 
 
+# Whose child an orphan becomes: the server (the subreaper; the command's
+# shell's parent) rather than PID 1.
+ADOPTER = """
+cp /bin/sleep {dir}/adoptee
+sh -c '{dir}/adoptee 2 &'
+parent=$(ps -o ppid= -C adoptee | tr -d ' ')
+if [ "$parent" = "$PPID" ]; then echo ADOPTED BY THE SERVER; else echo "ADOPTED BY $parent, server $PPID"; fi
+"""
+
+
 @pytest.mark.skipif(not pid_namespaces_work(), reason="needs unshare with PID namespaces (root)")
-def test_subreaper_as_pid1_reaps_orphans_and_kills_escapees(tmp_path):
+def test_subreaper_as_pid1_adopts_and_reaps_orphans(tmp_path):
     """As a container's PID 1 (the init fork) with the subreaper, an orphan
     goes to the server, not to init: the server must reap it, and still
-    kill what escaped when the session ends."""
+    kill what escaped when it shuts down."""
     port = free_port()
     log = open(tmp_path / "runtime.log", "wb")
     proc = subprocess.Popen(
@@ -288,6 +321,8 @@ def test_subreaper_as_pid1_reaps_orphans_and_kills_escapees(tmp_path):
         async def scenario():
             client = RuntimeUseClient(ws_url=f"ws://127.0.0.1:{port}")
             async with client.session() as s:
+                adopter = await s.execute_commands(cmds(ADOPTER.format(dir=tmp_path)), ExecuteCommandsOptions())
+                assert adopter.results[0].stdout.strip() == "ADOPTED BY THE SERVER"
                 fate = await s.execute_commands(cmds(ORPHAN_FATE.format(dir=tmp_path)), ExecuteCommandsOptions())
                 await s.execute_commands(
                     cmds(f"setsid sh -c 'sleep 300; echo {mark}' >/dev/null 2>&1 &"), ExecuteCommandsOptions()
@@ -296,8 +331,16 @@ def test_subreaper_as_pid1_reaps_orphans_and_kills_escapees(tmp_path):
                 return fate.results[0].stdout.strip()
 
         assert run(scenario()) == "REAPED"
-        assert wait_until(lambda: not pgrep(mark), timeout=10), f"escapee survived the session: {pgrep(mark)}"
+        # The namespace's PID 1 (our init) is unshare's child on the host.
+        init_pid = int(subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)],
+                                      capture_output=True, text=True).stdout.split()[0])
+        os.kill(init_pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+        # Killed by the server's shutdown (pgrep runs outside the namespace,
+        # which would otherwise outlive the runtime).
+        assert not pgrep(mark), f"escapee survived the shutdown: {pgrep(mark)}"
         assert "child subreaper" in (tmp_path / "runtime.log").read_text()
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
