@@ -9,10 +9,12 @@
 //!
 //! - **cgroup** ([`cgroup`]): a cgroup v2 per scope, under a directory of
 //!   the runtime's own (`runtimeuse-<pid>-<n>` beside the runtime, in its
-//!   own cgroup). A child joins its scope's cgroup before it execs, so
-//!   nothing it starts is ever outside; ending writes `cgroup.kill`, waits
-//!   for `populated 0` and removes the directory. No process can leave a
-//!   cgroup without privileges it does not have.
+//!   own cgroup). A child is inside its scope's cgroup before it can start
+//!   anything (a handler joins before it execs; a command's shell waits on
+//!   a gate until the runtime moved it, see [`Scope::spawn_gated_shell`]);
+//!   ending writes `cgroup.kill` and waits for `populated 0`, and an empty
+//!   cgroup is kept for reuse or removed. No process can leave a cgroup
+//!   without privileges it does not have.
 //! - **subreaper** ([`reaper`]): when no cgroup can be created, the runtime
 //!   is a child subreaper, so every orphan of its children is reparented to
 //!   it (and reaped by it); each scope's processes carry an environment

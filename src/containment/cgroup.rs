@@ -6,11 +6,18 @@
 //! cgroups (cgroup v2's "no internal processes" rule is about controllers,
 //! which the runtime never enables, so processes may live in the leaves).
 //!
-//! Joining before exec: the child writes `0` ("myself") to its scope's
-//! `cgroup.procs` in a `pre_exec` hook, through a descriptor the parent
-//! opened, with a single `write(2)` (async-signal-safe, nothing allocated).
-//! The command's program only starts once it is inside, so nothing it forks
-//! can be born outside: there is no escape window.
+//! Joining before anything runs, two ways:
+//! - a handler writes `0` ("myself") to its scope's `cgroup.procs` in a
+//!   `pre_exec` hook, through a descriptor the parent opened, with a single
+//!   `write(2)` (async-signal-safe, nothing allocated); its program only
+//!   starts once it is inside. The hook forces a full `fork`, fine for a
+//!   process started once per session.
+//! - a command's shell is spawned with `posix_spawn` and waits on a gate
+//!   (its stdin) until the runtime has written its pid ([`Group::adopt`]);
+//!   see `Scope::spawn_gated_shell`.
+//!
+//! Either way nothing the program forks can be born outside: there is no
+//! escape window.
 
 use std::fmt;
 use std::fs;
