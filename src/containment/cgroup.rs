@@ -206,6 +206,24 @@ impl Tree {
     }
 }
 
+impl Drop for Tree {
+    /// A server dropped without its shutdown (an embedder, a test): kill
+    /// what is left and remove what can be removed right away; a runtime's
+    /// next start-up cleans the rest.
+    fn drop(&mut self) {
+        self.idle().clear();
+        self.detached
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        for dir in child_dirs(&self.root) {
+            kill_cgroup(&dir);
+            let _ = fs::remove_dir(&dir);
+        }
+        let _ = fs::remove_dir(&self.root);
+    }
+}
+
 /// The cgroup v2 directory the runtime is in: the cgroup2 mount point from
 /// `/proc/self/mountinfo` joined with the `0::` path of `/proc/self/cgroup`.
 fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
