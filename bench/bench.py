@@ -22,7 +22,8 @@ build), BENCH_ONLY (comma-separated figure groups: startup, warm, command,
 oneshot, concurrent, output, transfers), BENCH_ROUNDS (default 3),
 BENCH_NICE (e.g. -10: run everything, figures and floors alike, at that
 niceness, so a machine shared with builds perturbs the run less; needs
-root).
+root), RUNTIMEUSE_CONTAINMENT (the runtime's --containment: auto, cgroup or
+subreaper; compare them with BENCH_ONLY=command).
 """
 
 import json
@@ -451,7 +452,9 @@ def main():
         os.nice(niceness)  # inherited by every process started from here
     print(json.dumps({"figure": "machine", "runtime": BIN, "spare_handlers": SPARES,
                       "cores": os.cpu_count(), "loadavg": os.getloadavg(),
-                      "rounds": ROUNDS, "nice": niceness}), flush=True)
+                      "rounds": ROUNDS, "nice": niceness,
+                      # --containment of the measured runtime (the env var is inherited).
+                      "containment": os.environ.get("RUNTIMEUSE_CONTAINMENT", "auto")}), flush=True)
     groups = [("startup", startup_and_idle), ("warm", warm_invoke), ("command", command_true),
               ("oneshot", oneshot), ("concurrent", concurrent), ("output", output)]
     with tempfile.TemporaryDirectory(prefix="runtimeuse-bench-") as tmp:

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{AgentSource, Config, TlsFiles};
+use crate::config::{AgentSource, Config, ContainmentMode, TlsFiles};
 use crate::embedded::CacheDirs;
 use crate::logging::{LogFormat, StartupSummary};
 use crate::server::Server;
@@ -253,6 +253,14 @@ struct Cli {
     /// $XDG_CACHE_HOME/runtimeuse, else ~/.cache/runtimeuse].
     #[arg(long, env = "RUNTIMEUSE_CACHE_DIR", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+
+    /// How every process a request or handler starts is contained so it can
+    /// be killed even if it left its process group: cgroup (a cgroup v2 per
+    /// request and handler), subreaper (the runtime adopts orphans and kills
+    /// processes by a marker in their environment), or auto (cgroup when the
+    /// runtime can create one, else subreaper).
+    #[arg(long, env = "RUNTIMEUSE_CONTAINMENT", value_enum, default_value_t = ContainmentMode::Auto)]
+    containment: ContainmentMode,
 }
 
 /// `--version`: the runtime's version, and the protocols it speaks with the
@@ -308,6 +316,7 @@ impl Cli {
             http_read_timeout: self.http_read_timeout,
             extra_ca_cert: self.ca_cert,
             cache_dir: self.cache_dir,
+            containment: self.containment,
         }
     }
 }

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
+use crate::containment::{SHELL_GATE, Scope};
 use crate::outbox::Outbox;
 use crate::process;
 use crate::redact::{Redactor, env_secrets};
@@ -71,6 +72,8 @@ pub(crate) struct CommandContext<'a> {
     pub(crate) redactor: &'a Redactor,
     /// Fires when the request is cancelled.
     pub(crate) cancel: &'a CancellationToken,
+    /// The request's processes: every command starts inside it.
+    pub(crate) processes: &'a Scope,
     /// SIGTERM -> SIGKILL grace when the command's group is ended.
     pub(crate) kill_grace: Duration,
     /// Bytes of stdout kept from its start for the terminal result.
@@ -178,9 +181,16 @@ impl Run<'_> {
         if self.ctx.cancel.is_cancelled() {
             return Err(CommandError::Cancelled);
         }
-        let mut child = shell_command(cmd, &script, cwd.as_deref(), base_env)
-            .spawn()
-            .map_err(|e| self.start_error(spawn_failure(e, cwd.as_deref())))?;
+        let processes = self.ctx.processes;
+        let gated = processes.gates_shells();
+        let mut shell = shell_command(cmd, &script, cwd.as_deref(), base_env, gated);
+        let spawned = if gated {
+            processes.spawn_gated_shell(&mut shell)
+        } else {
+            processes.spawn(&mut shell)
+        };
+        let (mut child, _ticket) =
+            spawned.map_err(|e| self.start_error(spawn_failure(e, cwd.as_deref())))?;
         let pgid = child.id().expect("a child that was just spawned has a pid");
         let guard = GroupGuard { pgid, armed: true };
         debug!(pgid, "started");
@@ -194,6 +204,8 @@ impl Run<'_> {
             Err(e) => {
                 debug!(error = %e, "ending process group");
                 end_group(&mut child, pgid, self.ctx.kill_grace).await;
+                // Then whatever left the group (setsid, setpgid).
+                self.ctx.processes.kill().await;
             }
         }
         guard.disarm();
@@ -253,12 +265,14 @@ fn spawn_failure(error: io::Error, cwd: Option<&Path>) -> String {
 
 /// `/bin/sh -c <script>` in a new process group, environment = the base
 /// environment with the command's `env` laid over it, minus the runtime's
-/// auth token.
+/// auth token. `gated`: the script waits for stdin to close first (see
+/// [`Scope::spawn_gated_shell`]).
 fn shell_command(
     cmd: &wire::Command,
     script: &Script,
     cwd: Option<&Path>,
     base_env: BaseEnv,
+    gated: bool,
 ) -> tokio::process::Command {
     let mut shell = tokio::process::Command::new("/bin/sh");
     match base_env {
@@ -268,11 +282,17 @@ fn shell_command(
             shell.env_clear().envs(vars);
         }
     }
+    shell.arg("-c");
+    let argument = script.argument(&cmd.command);
+    if gated {
+        let mut gated_argument = std::ffi::OsString::from(SHELL_GATE);
+        gated_argument.push(argument);
+        shell.arg(gated_argument).stdin(Stdio::piped());
+    } else {
+        shell.arg(argument).stdin(Stdio::null());
+    }
     shell
-        .arg("-c")
-        .arg(script.argument(&cmd.command))
         .envs(cmd.env.iter().flatten())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Last resort if this future is dropped mid-run: the leader is

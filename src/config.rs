@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::containment::ContainmentMode;
+
 /// The environment variable holding the auth token. Children (commands,
 /// handlers) never inherit it: code the client runs must not be able to
 /// read the credential that guards the runtime.
@@ -110,6 +112,10 @@ pub struct Config {
     /// cache directory (`$XDG_CACHE_HOME/runtimeuse`, else
     /// `~/.cache/runtimeuse`, else a private directory in the temp dir).
     pub cache_dir: Option<PathBuf>,
+    /// How every process a request or handler starts is kept findable and
+    /// killable, even one that left its process group (README, "Process
+    /// containment").
+    pub containment: ContainmentMode,
 }
 
 /// Paths of the PEM files that turn on TLS.
@@ -145,6 +151,7 @@ impl Default for Config {
             http_read_timeout: Duration::from_secs(30),
             extra_ca_cert: None,
             cache_dir: None,
+            containment: ContainmentMode::Auto,
         }
     }
 }

@@ -154,6 +154,7 @@ impl HandlerHost {
                     self.spares.command().clone(),
                     self.max_line,
                     redactor.clone(),
+                    self.spares.new_scope(),
                 )?),
             };
             let attempt = invocation::attempt(process, inv, ctx, &redactor, &line).await;

@@ -33,6 +33,7 @@ mod check_handler;
 pub mod cli;
 mod commands;
 mod config;
+mod containment;
 mod downloads;
 mod embedded;
 mod frames;
@@ -54,7 +55,7 @@ mod urls;
 mod testing;
 mod wire;
 
-pub use config::{AgentSource, Config, Secret, TlsFiles};
+pub use config::{AgentSource, Config, ContainmentMode, Secret, TlsFiles};
 pub use handler::{HandlerCommand, HandlerError};
 pub use redact::{Redactor, StreamRedactor};
 pub use server::Server;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::artifacts::Artifacts;
 use crate::commands::{self, CommandContext, CommandError};
 use crate::config::Config;
+use crate::containment::Scope;
 use crate::downloads::{self, DownloadError};
 use crate::frames;
 use crate::handler::{HandlerError, HandlerHost, Invocation, InvokeContext};
@@ -195,6 +196,8 @@ pub(crate) struct RequestContext {
     pub artifacts: Artifacts,
     /// Distinguishes invocations on the handler protocol.
     pub request_id: String,
+    /// The request's processes: killed with it when it is cancelled.
+    pub processes: Arc<Scope>,
 }
 
 impl RequestContext {
@@ -203,6 +206,7 @@ impl RequestContext {
             outbox: &self.outbox,
             redactor: &self.redactor,
             cancel: &self.cancel.token,
+            processes: &self.processes,
             kill_grace: self.config.kill_grace,
             stdout_head_bytes: self.config.stdout_head_bytes,
             stdout_tail_bytes: self.config.stdout_tail_bytes,
@@ -265,6 +269,11 @@ async fn run(request: Request, ctx: &RequestContext) -> Result<OutboundMessage, 
         result,
         Err(RequestError::Cancelled | RequestError::ClientGone)
     );
+    if stopped {
+        // Everything the request started, background jobs of its completed
+        // commands and processes that left their group included.
+        ctx.processes.kill().await;
+    }
     if wants_artifacts(&artifacts) && !stopped {
         flush_artifacts(ctx).await?;
     }

@@ -47,6 +47,7 @@ use tracing::Instrument;
 
 use crate::auth::{self, TokenAuth};
 use crate::config::{Config, Secret};
+use crate::containment::Containment;
 use crate::embedded::CacheDirs;
 use crate::handler::{HandlerCommand, SparePool};
 use crate::http::{HttpClient, HttpOptions};
@@ -104,6 +105,8 @@ impl Server {
             None => None,
         };
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let containment = Containment::start(config.containment)?;
+        tracing::info!(target: "runtimeuse", containment = %containment.describe(), "process containment");
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -115,10 +118,16 @@ impl Server {
             );
         }
         // After the port is bound, so spares never delay it opening.
-        let spares = SparePool::start(Arc::new(handler), config.spare_handlers, config.kill_grace);
+        let spares = SparePool::start(
+            Arc::new(handler),
+            config.spare_handlers,
+            config.kill_grace,
+            containment.clone(),
+        );
         let shared = Arc::new(SessionShared {
             config: Arc::new(config),
             spares,
+            containment,
             http,
             shutdown: CancellationToken::new(),
         });
@@ -194,6 +203,8 @@ impl Server {
             tracing::warn!(?bound, "sessions did not finish in time; exiting anyway");
         }
         self.state.shared.spares.shutdown().await;
+        // Last: whatever a session left running (it timed out, or escaped).
+        self.state.shared.containment.shutdown().await;
         Ok(())
     }
 }

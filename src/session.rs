@@ -32,6 +32,7 @@ use tracing::Instrument;
 
 use crate::artifacts::{Artifacts, UploadFn, UploadJob};
 use crate::config::Config;
+use crate::containment::{Containment, Scope};
 use crate::handler::{HandlerHost, SparePool};
 use crate::http::HttpClient;
 use crate::outbox::Outbox;
@@ -63,6 +64,8 @@ pub(crate) struct SessionShared {
     /// Handler processes started ahead of need; a session takes one on its
     /// first invocation (or starts the handler itself if none is ready).
     pub(crate) spares: SparePool,
+    /// Keeps every process a request starts findable and killable.
+    pub(crate) containment: Arc<Containment>,
     /// One HTTP client for every download and upload of the server.
     pub(crate) http: HttpClient,
     /// Fired when the server shuts down: sessions cancel work and close.
@@ -73,6 +76,8 @@ pub(crate) struct SessionShared {
 struct Running {
     cancel: Canceller,
     task: JoinHandle<OutboundMessage>,
+    /// The request's processes (the request's task holds it too).
+    processes: Arc<Scope>,
 }
 
 /// The state of one connection.
@@ -165,7 +170,9 @@ where
                 }
             }
             terminal = current_done(&mut session.current) => {
-                session.current = None;
+                if let Some(running) = session.current.take() {
+                    running.processes.release();
+                }
                 let _ = session.outbox.send(terminal).await;
             }
             () = shared.shutdown.cancelled(), if !shutting_down => {
@@ -356,7 +363,9 @@ impl Session {
             .into_owned();
         let span = tracing::info_span!("request", source_id = %source_id, kind);
         let cancel = Canceller::default();
+        let processes = Arc::new(self.shared.containment.scope('r'));
         let ctx = RequestContext {
+            processes: processes.clone(),
             outbox: self.outbox.clone(),
             cancel: cancel.clone(),
             redactor,
@@ -369,7 +378,11 @@ impl Session {
         };
         span.in_scope(|| tracing::info!("request started"));
         let task = tokio::spawn(request::drive(request, ctx).instrument(span));
-        self.current = Some(Running { cancel, task });
+        self.current = Some(Running {
+            cancel,
+            task,
+            processes,
+        });
     }
 
     fn cancel_current(&mut self, cause: CancelCause) {
@@ -403,13 +416,15 @@ impl Session {
         self.ending = true;
     }
 
-    /// Connection is over: stop work, wait for it, stop the handler.
+    /// Connection is over: stop work, wait for it, stop the handler (and
+    /// everything it started).
     async fn close(self) {
         self.artifacts.shutdown();
         if let Some(running) = self.current {
             tracing::info!("connection closed mid-request; cancelling it");
             running.cancel.cancel(CancelCause::Client);
             let _ = running.task.await;
+            running.processes.release();
         }
         self.handler
             .lock()

@@ -17,6 +17,7 @@ struct Rig {
     outbox: Outbox,
     redactor: Redactor,
     cancel: CancellationToken,
+    processes: Scope,
     head: usize,
     tail: usize,
 }
@@ -28,6 +29,7 @@ impl Rig {
             outbox,
             redactor: Redactor::default(),
             cancel: CancellationToken::new(),
+            processes: Scope::uncontained(),
             head: 128 * 1024,
             tail: 128 * 1024,
         };
@@ -39,6 +41,7 @@ impl Rig {
             outbox: &self.outbox,
             redactor: &self.redactor,
             cancel: &self.cancel,
+            processes: &self.processes,
             kill_grace: Duration::from_millis(300),
             stdout_head_bytes: self.head,
             stdout_tail_bytes: self.tail,

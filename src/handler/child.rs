@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::containment::{ChildTicket, Scope};
 use crate::process;
 use crate::redact::Redactor;
 
@@ -57,6 +58,11 @@ pub(crate) struct HandlerProcess {
     /// The group has been terminated: nothing to signal on drop (its id
     /// may belong to someone else by now).
     ended: bool,
+    /// Everything the handler started, even outside its group; killed when
+    /// the process is ended (dropping it kills too).
+    processes: Scope,
+    /// Keeps the subreaper from reaping the leader under tokio.
+    _ticket: ChildTicket,
 }
 
 impl HandlerProcess {
@@ -67,10 +73,14 @@ impl HandlerProcess {
         command: Arc<HandlerCommand>,
         max_line: usize,
         redactor: Redactor,
+        processes: Scope,
     ) -> Result<Self, HandlerError> {
-        let mut child = command.to_process_command().spawn().map_err(|e| {
-            HandlerError::Failed(redactor.redact_str(&command.spawn_error(&e)).into_owned())
-        })?;
+        let (mut child, ticket) =
+            processes
+                .spawn(&mut command.to_process_command())
+                .map_err(|e| {
+                    HandlerError::Failed(redactor.redact_str(&command.spawn_error(&e)).into_owned())
+                })?;
         let pgid = child.id().expect("a just-spawned child has a pid");
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -107,6 +117,8 @@ impl HandlerProcess {
             redactor,
             max_line,
             ended: false,
+            processes,
+            _ticket: ticket,
         })
     }
 
@@ -208,9 +220,11 @@ impl HandlerProcess {
         exited
     }
 
-    /// After the leader is gone: the group's remnants, then the readers.
+    /// After the leader is gone: the group's remnants, whatever left the
+    /// group, then the readers.
     async fn finish(&mut self, grace: Duration) {
         process::kill_group_remnants(self.pgid, grace).await;
+        self.processes.kill().await;
         self.ended = true;
         self.stdout_task.abort();
         if timeout(STDERR_DRAIN, &mut self.stderr_task).await.is_err() {

@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::containment::{Containment, Scope};
 use crate::redact::Redactor;
 
 use super::pipes::MAX_LINE_BYTES;
@@ -60,6 +61,8 @@ pub(crate) struct SparePool {
 
 struct Shared {
     command: Arc<HandlerCommand>,
+    /// Every handler process (spare or not) gets a scope of its own from it.
+    containment: Arc<Containment>,
     target: usize,
     idle: Mutex<Vec<Spare>>,
     health: Mutex<Health>,
@@ -86,9 +89,15 @@ impl SparePool {
     /// Starts keeping `target` idle processes of `command` (none when 0),
     /// in a task on the current tokio runtime. `kill_grace` is what ending
     /// a spare's group allows it.
-    pub(crate) fn start(command: Arc<HandlerCommand>, target: usize, kill_grace: Duration) -> Self {
+    pub(crate) fn start(
+        command: Arc<HandlerCommand>,
+        target: usize,
+        kill_grace: Duration,
+        containment: Arc<Containment>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             command,
+            containment,
             target,
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
@@ -105,12 +114,17 @@ impl SparePool {
     /// A pool that keeps nothing: every host starts its own handler
     /// (`check-handler`, which times exactly one start, and tests).
     pub(crate) fn none(command: Arc<HandlerCommand>) -> Self {
-        Self::start(command, 0, Duration::ZERO)
+        Self::start(command, 0, Duration::ZERO, Containment::off())
     }
 
     /// What a session starts when no spare is ready.
     pub(crate) fn command(&self) -> &Arc<HandlerCommand> {
         &self.shared.command
+    }
+
+    /// A new scope for a handler process a session starts itself.
+    pub(crate) fn new_scope(&self) -> Scope {
+        self.shared.containment.scope('h')
     }
 
     /// A started, idle handler process, if one is ready; the keeper then
@@ -193,8 +207,9 @@ async fn keep(shared: Arc<Shared>, kill_grace: Duration) {
 /// not on a worker that sessions are waiting for.
 async fn start_one(shared: &Shared) {
     let command = shared.command.clone();
+    let processes = shared.containment.scope('h');
     let spawned = tokio::task::spawn_blocking(move || {
-        HandlerProcess::spawn(command, MAX_LINE_BYTES, Redactor::default())
+        HandlerProcess::spawn(command, MAX_LINE_BYTES, Redactor::default(), processes)
     })
     .await
     .unwrap_or_else(|e| {

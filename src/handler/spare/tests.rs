@@ -49,7 +49,12 @@ fn pool_running(script: fn(&Path) -> String, target: usize) -> Setup {
     std::fs::write(&path, script(&starts)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let command = HandlerCommand::resolve(&AgentSource::Path(path)).unwrap();
-    let pool = SparePool::start(Arc::new(command), target, GRACE);
+    let pool = SparePool::start(
+        Arc::new(command),
+        target,
+        GRACE,
+        crate::containment::Containment::off(),
+    );
     Setup {
         _dir: dir,
         starts,
