@@ -32,7 +32,7 @@ use crate::outbox::Outbox;
 use crate::request::{self, Phase, Request, RequestContext};
 use crate::wire::{InboundMessage, OutboundMessage};
 
-use secrets::SessionSecrets;
+pub(crate) use secrets::SessionSecrets;
 use writer::write_loop;
 
 /// How many messages may wait for the socket before producers block.
@@ -91,22 +91,31 @@ where
     let (sink, mut stream) = ws.split();
     let (outbox, rx) = Outbox::channel(OUTBOX_CAPACITY);
     let secrets = SessionSecrets::default();
+    crate::logging::scrub_span(&tracing::Span::current(), secrets.log());
     let writer_stop = CancellationToken::new();
     let close_reason = Arc::new(OnceLock::new());
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        secrets.clone(),
-        writer_stop.clone(),
-        close_reason.clone(),
-    ));
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            rx,
+            secrets.clone(),
+            writer_stop.clone(),
+            close_reason.clone(),
+        )
+        .in_current_span(),
+    );
     let handler = HandlerHost::new(shared.spares.clone());
+    let artifacts = Artifacts::new(
+        outbox.clone(),
+        uploader(shared.http.clone()),
+        secrets.clone(),
+    );
     let mut session = Session {
         shared: shared.clone(),
         outbox: outbox.clone(),
         secrets,
         handler: Arc::new(AsyncMutex::new(handler)),
-        artifacts: Artifacts::new(outbox.clone(), uploader(shared.http.clone())),
+        artifacts,
         current: None,
         close_reason,
         ending: false,
@@ -116,7 +125,7 @@ where
     let mut drain: Option<JoinHandle<()>> = None;
     loop {
         if session.ending && session.current.is_none() && drain.is_none() {
-            drain = Some(tokio::spawn(session.drain_artifacts()));
+            drain = Some(tokio::spawn(session.drain_artifacts().in_current_span()));
         }
         tokio::select! {
             () = drain_done(&mut drain) => {
@@ -288,7 +297,14 @@ impl Session {
             ),
             Request::Commands(m) => (m.source_id.clone(), m.secrets_to_redact.clone(), "commands"),
         };
-        let redactor = self.secrets.add(&secrets);
+        let redactor = match self.secrets.add(&secrets) {
+            Ok(redactor) => redactor,
+            Err(e) => {
+                tracing::warn!(error = %e, "request refused");
+                let _ = self.outbox.send(OutboundMessage::error(e.to_string())).await;
+                return;
+            }
+        };
         self.requests_started += 1;
         let source_id = redactor
             .redact_str(source_id.as_deref().unwrap_or("-"))
