@@ -195,6 +195,12 @@ impl LogSecrets {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = redactor;
     }
 
+    /// Empties the set, when the session is over, so its automata can be
+    /// freed before its span is.
+    pub(crate) fn clear(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Redactor::default();
+    }
+
     fn current(&self) -> Redactor {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -244,9 +250,11 @@ where
 {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let secrets = ctx.event_scope(event).and_then(|scope| {
-            scope
-                .into_iter()
-                .find_map(|span| span.extensions().get::<LogSecrets>().map(LogSecrets::current))
+            scope.into_iter().find_map(|span| {
+                span.extensions()
+                    .get::<LogSecrets>()
+                    .map(LogSecrets::current)
+            })
         });
         EVENT_SECRETS.with(|slot| *slot.borrow_mut() = secrets);
     }
@@ -355,7 +363,16 @@ mod tests {
         }
         static SITE: Site = Site;
         let meta = |target: &'static str, level| {
-            Metadata::new("e", target, level, None, None, None, tracing::field::FieldSet::new(&[], Identifier(&SITE)), Kind::EVENT)
+            Metadata::new(
+                "e",
+                target,
+                level,
+                None,
+                None,
+                None,
+                tracing::field::FieldSet::new(&[], Identifier(&SITE)),
+                Kind::EVENT,
+            )
         };
         assert!(is_capped(&meta("tungstenite::protocol", Level::TRACE)));
         assert!(is_capped(&meta("hyper_util::client", Level::DEBUG)));

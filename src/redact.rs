@@ -48,11 +48,7 @@ static MARKER_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
 /// Byte ranges of the whole markers in `hay`, in order.
 fn markers_in(hay: &[u8], markers: &mut Vec<Span>) {
     markers.clear();
-    markers.extend(
-        MARKER_FINDER
-            .find_iter(hay)
-            .map(|m| (m.start(), m.end())),
-    );
+    markers.extend(MARKER_FINDER.find_iter(hay).map(|m| (m.start(), m.end())));
 }
 
 /// Whether the occurrence `span` overlaps one of `markers` (sorted) without
@@ -481,13 +477,7 @@ impl StreamState {
             return;
         }
         markers_in(&self.buf, &mut self.markers);
-        let reach = matcher.spans(
-            &self.buf,
-            self.covered,
-            cut,
-            &self.markers,
-            &mut self.spans,
-        );
+        let reach = matcher.spans(&self.buf, self.covered, cut, &self.markers, &mut self.spans);
         let open = emit(&self.buf, &self.spans, self.covered.is_some(), cut, out);
         // Only what the final occurrences cover carries over: an occurrence
         // starting after the cut is found again (or not, if a marker turns

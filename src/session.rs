@@ -172,7 +172,15 @@ where
     }
     // With the writer's half gone, this drops the socket.
     drop(stream);
+    let held_many = session.secrets.count() >= crate::memory::TRIM_AFTER_SECRETS;
+    let log_secrets = session.secrets.log();
     session.close().await;
+    if held_many {
+        // The session's span outlives this function: drop its copy of the
+        // automata too, then give their pages back.
+        log_secrets.clear();
+        crate::memory::give_back_freed();
+    }
 }
 
 /// Waits for the end-of-session artifact drain; pending forever if none.
@@ -301,7 +309,10 @@ impl Session {
             Ok(redactor) => redactor,
             Err(e) => {
                 tracing::warn!(error = %e, "request refused");
-                let _ = self.outbox.send(OutboundMessage::error(e.to_string())).await;
+                let _ = self
+                    .outbox
+                    .send(OutboundMessage::error(e.to_string()))
+                    .await;
                 return;
             }
         };

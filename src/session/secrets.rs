@@ -28,7 +28,7 @@ pub(crate) enum SecretsError {
     #[error(
         "Invalid secrets_to_redact: one secret is {len} bytes, more than the limit of {MAX_SECRET_BYTES} bytes per secret"
     )]
-    TooLong {
+    SecretTooLong {
         /// Its length in bytes.
         len: usize,
     },
@@ -36,7 +36,7 @@ pub(crate) enum SecretsError {
     #[error(
         "Invalid secrets_to_redact: this session would hold {count} distinct secrets, more than the limit of {MAX_SESSION_SECRETS} per session"
     )]
-    TooMany {
+    CountOverLimit {
         /// How many it would hold.
         count: usize,
     },
@@ -45,7 +45,7 @@ pub(crate) enum SecretsError {
     #[error(
         "Invalid secrets_to_redact: this session's secrets would add up to {bytes} bytes, more than the limit of {MAX_SESSION_SECRET_BYTES} bytes per session"
     )]
-    TooManyBytes {
+    BytesOverLimit {
         /// How many bytes they would add up to.
         bytes: usize,
     },
@@ -84,16 +84,20 @@ impl SessionSecrets {
         if fresh.is_empty() {
             return Ok(state.redactor.clone());
         }
-        if let Some(len) = fresh.iter().map(|s| s.len()).find(|&l| l > MAX_SECRET_BYTES) {
-            return Err(SecretsError::TooLong { len });
+        if let Some(len) = fresh
+            .iter()
+            .map(|s| s.len())
+            .find(|&l| l > MAX_SECRET_BYTES)
+        {
+            return Err(SecretsError::SecretTooLong { len });
         }
         let count = known.len() + fresh.len();
         if count > MAX_SESSION_SECRETS {
-            return Err(SecretsError::TooMany { count });
+            return Err(SecretsError::CountOverLimit { count });
         }
         let bytes = state.bytes + fresh.iter().map(|s| s.len()).sum::<usize>();
         if bytes > MAX_SESSION_SECRET_BYTES {
-            return Err(SecretsError::TooManyBytes { bytes });
+            return Err(SecretsError::BytesOverLimit { bytes });
         }
         let redactor = state.redactor.with(fresh);
         self.log.set(&redactor);
@@ -111,6 +115,11 @@ impl SessionSecrets {
             .unwrap_or_else(|e| e.into_inner())
             .redactor
             .clone()
+    }
+
+    /// How many distinct secrets the session holds.
+    pub(crate) fn count(&self) -> usize {
+        self.current().secrets().len()
     }
 
     /// What the session's log lines are scrubbed of (kept current by
@@ -143,7 +152,7 @@ mod tests {
         let err = secrets.add(&many).unwrap_err();
         assert_eq!(
             err,
-            SecretsError::TooMany {
+            SecretsError::CountOverLimit {
                 count: MAX_SESSION_SECRETS + 1
             }
         );
@@ -151,14 +160,14 @@ mod tests {
         let long = "x".repeat(MAX_SECRET_BYTES + 1);
         assert!(matches!(
             secrets.add(&[long]),
-            Err(SecretsError::TooLong { .. })
+            Err(SecretsError::SecretTooLong { .. })
         ));
         let big: Vec<String> = (0..70)
             .map(|i| format!("{i:02}{}", "y".repeat(MAX_SECRET_BYTES - 2)))
             .collect();
         assert!(matches!(
             secrets.add(&big),
-            Err(SecretsError::TooManyBytes { .. })
+            Err(SecretsError::BytesOverLimit { .. })
         ));
         assert_eq!(secrets.current().secrets(), ["kept-secret"]);
         // Secrets already known cost nothing again.

@@ -184,7 +184,7 @@ def test_output_near_the_frame_limit_full_of_one_char_secrets_is_fitted(start_ru
 def test_artifact_with_a_secret_in_its_file_and_directory_name_is_uploaded(start_runtime, http_server, tmp_path):
     # A flush timeout far longer than the call's own deadline: the file
     # can only be uploaded before the terminal if its answer was matched.
-    rt = start_runtime("--agent", "echo", "--artifact-flush-timeout", "600s")
+    rt = start_runtime("--agent", "echo", "--artifact-flush-timeout", "300s")
     user, token = "alice-user-4f1", "tok-9a7b2c"
     adir = tmp_path.resolve() / "artifacts"
     sink = ArtifactSink(http_server)
@@ -200,7 +200,7 @@ def test_artifact_with_a_secret_in_its_file_and_directory_name_is_uploaded(start
 
     async def go():
         return await asyncio.wait_for(
-            RuntimeUseClient(ws_url=rt.url).execute_commands([CommandInterface(command=command)], opts), 120
+            RuntimeUseClient(ws_url=rt.url).execute_commands([CommandInterface(command=command)], opts), 45
         )
 
     result = run(go())
