@@ -74,6 +74,9 @@ struct Session {
     close_reason: Arc<OnceLock<CloseFrame>>,
     /// `end_session_message` arrived: confirm once the current request ends.
     ending: bool,
+    /// Some inbound message was large: the heap is trimmed when the session
+    /// ends (see `memory`).
+    large_input: bool,
     requests_started: u64,
 }
 
@@ -119,6 +122,7 @@ where
         current: None,
         close_reason,
         ending: false,
+        large_input: false,
         requests_started: 0,
     };
     let mut shutting_down = false;
@@ -172,7 +176,8 @@ where
     }
     // With the writer's half gone, this drops the socket.
     drop(stream);
-    let held_many = session.secrets.count() >= crate::memory::TRIM_AFTER_SECRETS;
+    let held_many =
+        session.large_input || session.secrets.count() >= crate::memory::TRIM_AFTER_SECRETS;
     let log_secrets = session.secrets.log();
     session.close().await;
     if held_many {
@@ -247,6 +252,7 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
+        self.large_input |= text.len() >= crate::memory::LARGE_INPUT_BYTES;
         let message = match InboundMessage::parse(text) {
             Ok(message) => message,
             Err(e) => {
@@ -277,7 +283,7 @@ impl Session {
         let _ = self.outbox.send(OutboundMessage::error(reason)).await;
     }
 
-    async fn start(&mut self, request: Request) {
+    async fn start(&mut self, mut request: Request) {
         if self.current.is_some() {
             // Not `reject`: this one must reach the client even mid-request.
             let _ = self
@@ -297,13 +303,19 @@ impl Session {
                 .await;
             return;
         }
-        let (source_id, secrets, kind) = match &request {
+        // Taken, not cloned: the list can be large, and the request's
+        // redactor carries the secrets from here on.
+        let (source_id, secrets, kind) = match &mut request {
             Request::Invocation(m) => (
                 m.source_id.clone(),
-                m.secrets_to_redact.clone(),
+                std::mem::take(&mut m.secrets_to_redact),
                 "invocation",
             ),
-            Request::Commands(m) => (m.source_id.clone(), m.secrets_to_redact.clone(), "commands"),
+            Request::Commands(m) => (
+                m.source_id.clone(),
+                std::mem::take(&mut m.secrets_to_redact),
+                "commands",
+            ),
         };
         let redactor = match self.secrets.add(&secrets) {
             Ok(redactor) => redactor,

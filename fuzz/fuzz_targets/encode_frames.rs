@@ -257,7 +257,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let redactor = Redactor::new(&secrets);
     let frames = encode(&message, &redactor);
-    if !secrets.iter().any(|s| s.contains(runtimeuse::fuzzing::REDACTED)) {
+    if !secrets
+        .iter()
+        .any(|s| s.contains(runtimeuse::fuzzing::REDACTED))
+    {
         assert!(
             encode(&message.redacted(&redactor), &redactor) == frames,
             "encoding an already redacted message differs (message {}, secrets {secrets:?})",
@@ -293,8 +296,10 @@ fuzz_target!(|data: &[u8]| {
         );
         if message.is_terminal() && is_too_big_error(&value) {
             assert!(
-                !matches!(message, OutboundMessage::CommandExecutionResultMessage { .. })
-                    || commands_alone_too_big(&message, &redactor),
+                !matches!(
+                    message,
+                    OutboundMessage::CommandExecutionResultMessage { .. }
+                ) || commands_alone_too_big(&message, &redactor),
                 "a command result set became the too-big error instead of being fitted"
             );
             // Only the runtime's own words and a number: if they spell a

@@ -108,7 +108,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(redactor.redact_str(text).as_bytes(), whole.as_slice());
     }
 
-    if !secrets.iter().any(|s| s.contains(runtimeuse::fuzzing::REDACTED)) {
+    if !secrets
+        .iter()
+        .any(|s| s.contains(runtimeuse::fuzzing::REDACTED))
+    {
         assert!(
             redactor.redact_bytes(&whole) == whole,
             "a second pass changed {:?} (secrets {secrets:?})",

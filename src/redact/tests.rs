@@ -552,7 +552,7 @@ fn marker_secrets_strategy() -> impl Strategy<Value = Vec<String>> {
 }
 
 fn marker_text_strategy() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(prop::sample::select(MARKER_TEXT_PIECES), 0..40)
+    prop::collection::vec(prop::sample::select(MARKER_TEXT_PIECES), 0..120)
         .prop_map(|pieces| pieces.concat())
 }
 
@@ -571,8 +571,12 @@ proptest! {
         let r = Redactor::new(&secrets);
         let whole = r.redact_bytes(&text);
         prop_assert_eq!(&whole, &oracle(&secrets, &text));
-        prop_assert_eq!(&stream_split(&r, &text, &offsets(&splits, text.len())), &whole);
-        prop_assert_eq!(&stream_bytewise(&r, &text), &whole);
         prop_assert_eq!(&r.redact_bytes(&whole), &whole);
+        // Also with the smallest windows and without the packed locator.
+        for r in [r.clone(), r.tuned(0, true), r.tuned(0, false)] {
+            prop_assert_eq!(&r.redact_bytes(&text), &whole);
+            prop_assert_eq!(&stream_split(&r, &text, &offsets(&splits, text.len())), &whole);
+            prop_assert_eq!(&stream_bytewise(&r, &text), &whole);
+        }
     }
 }
