@@ -283,3 +283,57 @@ impl Ledger {
         self.known.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(len: u64) -> Stamp {
+        Stamp {
+            len,
+            mtime: None,
+            ino: 1,
+        }
+    }
+
+    fn shown_path(message: &OutboundMessage) -> &str {
+        match message {
+            OutboundMessage::ArtifactUploadRequestMessage { filepath, .. } => filepath,
+            other => panic!("not an announcement: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_are_matched_by_the_redacted_path_in_announcement_order() {
+        let redactor = Redactor::new(["alice", "key-1", "key-2"]);
+        let mut ledger = Ledger::default();
+        let first = PathBuf::from("/home/alice/f-key-1.txt");
+        let second = PathBuf::from("/home/alice/f-key-2.txt");
+        let a = ledger.decide(first.clone(), stamp(1), &redactor).unwrap();
+        let b = ledger.decide(second.clone(), stamp(2), &redactor).unwrap();
+        let shown = "/home/[REDACTED]/f-[REDACTED].txt";
+        assert_eq!((shown_path(&a), shown_path(&b)), (shown, shown));
+        assert_eq!(
+            ledger.claim("/home/alice/f-key-1.txt"),
+            None,
+            "the real path was never shown"
+        );
+        assert_eq!(ledger.claim(shown).map(|(p, _)| p), Some(first));
+        assert_eq!(ledger.claim(shown).map(|(p, _)| p), Some(second));
+        assert_eq!(
+            ledger.claim(shown),
+            None,
+            "each announcement is answered once"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_announcement_cannot_be_claimed() {
+        let redactor = Redactor::new(["tok"]);
+        let mut ledger = Ledger::default();
+        let path = PathBuf::from("/out/tok.txt");
+        ledger.decide(path.clone(), stamp(1), &redactor).unwrap();
+        ledger.unsend(&path);
+        assert_eq!(ledger.claim("/out/[REDACTED].txt"), None);
+    }
+}
