@@ -41,8 +41,10 @@ use std::time::Duration;
 use ignore::gitignore::Gitignore;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::outbox::Outbox;
+use crate::session::SessionSecrets;
 use crate::wire::{self, OutboundMessage};
 
 use ledger::{Ledger, Root, Stamp};
@@ -101,6 +103,9 @@ impl Drop for Unsent<'_> {
 
 struct Inner {
     outbox: Outbox,
+    /// The session's secrets: announcements are redacted here, so the ledger
+    /// knows the text the client will echo back.
+    secrets: SessionSecrets,
     upload: UploadFn,
     ledger: Mutex<Ledger>,
     /// Woken whenever an announcement is answered or an upload ends.
@@ -116,12 +121,13 @@ pub(crate) struct Artifacts {
 }
 
 impl Artifacts {
-    /// Makes an idle watcher that announces through `outbox` and uploads
-    /// with `upload`.
-    pub(crate) fn new(outbox: Outbox, upload: UploadFn) -> Self {
+    /// Makes an idle watcher that announces through `outbox` (redacted with
+    /// the session's `secrets`) and uploads with `upload`.
+    pub(crate) fn new(outbox: Outbox, upload: UploadFn, secrets: SessionSecrets) -> Self {
         Self {
             inner: Arc::new(Inner {
                 outbox,
+                secrets,
                 upload,
                 ledger: Mutex::new(Ledger::default()),
                 progress: Notify::new(),
@@ -197,12 +203,12 @@ impl Artifacts {
     }
 
     /// Handles the client's answer to an announcement: uploads the file if
-    /// we announced exactly that path and it is still awaiting an answer;
+    /// we announced exactly that (redacted) path and it is still awaiting an
+    /// answer;
     /// anything else is logged and ignored, so a client cannot get
     /// arbitrary files uploaded.
     pub(crate) fn on_upload_response(&self, response: wire::ArtifactUploadResponse) {
-        let requested = PathBuf::from(&response.filepath);
-        let claimed = self.inner.ledger().claim(&requested);
+        let claimed = self.inner.ledger().claim(&response.filepath);
         let Some((path, seq)) = claimed else {
             tracing::warn!(
                 filepath = %response.filepath,
@@ -217,7 +223,7 @@ impl Artifacts {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(self.inner.clone().upload(seq, job));
+                runtime.spawn(self.inner.clone().upload(seq, job).in_current_span());
             }
             Err(_) => {
                 tracing::error!("artifact upload response handled outside the tokio runtime");
@@ -365,11 +371,12 @@ impl Inner {
         let mut unsent = Unsent {
             inner: self,
             messages: {
+                let redactor = self.secrets.current();
                 let mut state = self.ledger();
                 candidates
                     .into_iter()
                     .filter_map(|(path, stamp)| {
-                        let message = state.decide(path.clone(), stamp)?;
+                        let message = state.decide(path.clone(), stamp, &redactor)?;
                         Some((path, message))
                     })
                     .collect()

@@ -28,13 +28,26 @@ const MAX_COMMAND_ECHO_BYTES: usize = 4096;
 /// Turns a message into redacted frames that each fit the client's limit.
 ///
 /// Oversized streaming messages are split (after redaction, so a split can
-/// never cut a secret in two); an oversized result becomes an error the
-/// client can read instead of a frame that would kill its connection.
+/// never cut a secret in two); an oversized command result set is fitted
+/// (after redaction, so the markers are counted); any other oversized
+/// terminal becomes an error the client can read instead of a frame that
+/// would kill its connection.
 pub fn encode(message: &OutboundMessage, redactor: &Redactor) -> Vec<String> {
-    let mut value = serde_json::to_value(message.redacted(redactor)).unwrap_or(Value::Null);
+    let redacted = message.redacted(redactor);
+    let mut value = serde_json::to_value(&redacted).unwrap_or(Value::Null);
     let text = value.to_string();
     if text.len() <= MAX_OUTBOUND_FRAME_BYTES {
         return vec![text];
+    }
+    if let OutboundMessage::CommandExecutionResultMessage { mut results } = redacted {
+        // Fitted after redaction, so markers cannot push it over again.
+        fit_results(&mut results, MAX_OUTBOUND_FRAME_BYTES);
+        let fitted =
+            serde_json::to_string(&OutboundMessage::CommandExecutionResultMessage { results })
+                .unwrap_or_default();
+        if fitted.len() <= MAX_OUTBOUND_FRAME_BYTES {
+            return vec![fitted];
+        }
     }
     match message {
         OutboundMessage::AssistantMessage { .. } => split_field(&value, "text_blocks", true),

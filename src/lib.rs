@@ -41,6 +41,7 @@ mod handler;
 mod http;
 mod init;
 mod logging;
+mod memory;
 mod outbox;
 mod process;
 mod redact;

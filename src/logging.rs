@@ -4,8 +4,17 @@
 //! Modules already redact what they log, but a log line is built from many
 //! pieces (a command, a file name, a peer's input quoted in a warning), and
 //! one forgotten call would leak. So every formatted line also passes
-//! through [`RedactingStderr`], which scrubs it with every secret any
-//! session of this process has named, before it reaches stderr.
+//! through [`RedactingStderr`], which scrubs it with the secrets of the
+//! session it was logged in, before it reaches stderr. A session attaches
+//! its [`LogSecrets`] to its span ([`scrub_span`]); [`SessionScope`] finds
+//! them for each event by walking the event's span scope. The set has no
+//! cap of its own (the session's secrets are bounded where they are
+//! accepted), so log redaction never silently stops.
+//!
+//! Third-party libraries (the WebSocket, HTTP and TLS stacks, the file
+//! watcher) log raw frames, headers and URLs at DEBUG and TRACE; whatever
+//! `RUNTIMEUSE_LOG` asks for, their events above INFO are dropped
+//! ([`is_capped`]).
 //!
 //! Lines are text (the default) or, with `--log-format json`, one JSON
 //! object per line for log shippers: `timestamp`, `level`, `target`, the
@@ -13,14 +22,17 @@
 //! the enclosing spans with their fields (`session` with `id` and `peer`,
 //! `request` with `source_id` and `kind`).
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::{LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 
-use tracing::Level;
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::{LookupSpan, Registry};
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{AgentSource, Config};
 use crate::redact::Redactor;
@@ -36,25 +48,41 @@ pub(crate) enum LogFormat {
 }
 
 /// Installs the process-wide log: `RUNTIMEUSE_LOG` filter (else
-/// `default_level`), the chosen format, redacted stderr. Called once, by
-/// the binary (the server, or `check-handler`).
+/// `default_level`) with third-party targets capped at INFO, the chosen
+/// format, stderr redacted with each session's secrets. Called once, by the
+/// binary (the server, or `check-handler`).
 pub(crate) fn init(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_env("RUNTIMEUSE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(RedactingStderr);
-    match format {
-        LogFormat::Text => builder
+    let cap = tracing_subscriber::filter::filter_fn(|meta| !is_capped(meta));
+    let lines = tracing_subscriber::fmt::layer().with_writer(RedactingStderr);
+    let lines = match format {
+        LogFormat::Text => lines
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => builder
+            .boxed(),
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .init(),
-    }
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(cap)
+        .with(SessionScope)
+        .with(lines)
+        .init();
+}
+
+/// Whether an event or span is dropped whatever the filter says: one from
+/// a third-party library (any target but the runtime's own) above INFO.
+/// At DEBUG and TRACE those log raw WebSocket frames (secrets, command
+/// `env` values), HTTP requests and URLs (presigned query strings).
+fn is_capped(meta: &Metadata<'_>) -> bool {
+    let target = meta.target();
+    let ours = target == "handler" || target == "npm" || target.starts_with("runtimeuse");
+    !ours && *meta.level() > Level::INFO
 }
 
 /// What the start-up line reports about a configuration, taken before the
@@ -137,31 +165,58 @@ pub(crate) fn handler_stderr(pid: u32, line: &str) {
     }
 }
 
-/// Beyond this many distinct secrets, new ones still redact their own
-/// session's messages but are no longer added to the process-wide log
-/// redactor (which would otherwise grow without bound on a long-lived
-/// runtime with hostile clients).
-const MAX_LOG_SECRETS: usize = 10_000;
+/// The secrets one session's log lines are scrubbed of: its
+/// `secrets_to_redact`, each also as it appears escaped inside a JSON line or
+/// a `Debug`-quoted field, or both (a quoted input in a JSON line); a `"` or
+/// `\` in a secret is written `\"` / `\\` there, so the plain value would not
+/// match. Updated by the session
+/// as requests name secrets; read for every line logged in its span.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogSecrets(Arc<RwLock<Redactor>>);
 
-static LOG_SECRETS: LazyLock<RwLock<Redactor>> = LazyLock::new(Default::default);
-
-/// Adds secrets to the set scrubbed from every log line, each also as it
-/// appears escaped inside a JSON line or a `Debug`-quoted field (a `"` or
-/// `\` in a secret is written `\"` / `\\` there, so the plain value would
-/// not match).
-pub(crate) fn remember_secrets(secrets: &[String]) {
-    let mut guard = LOG_SECRETS.write().unwrap_or_else(|e| e.into_inner());
-    let known = guard.secrets();
-    let fresh: BTreeSet<String> = secrets
-        .iter()
-        .filter(|s| !s.is_empty())
-        .flat_map(|s| [s.clone(), json_escaped(s)])
-        .filter(|s| known.binary_search(s).is_err())
-        .collect();
-    if fresh.is_empty() || known.len() + fresh.len() > MAX_LOG_SECRETS {
-        return;
+impl LogSecrets {
+    /// Makes the set `session`'s secrets and their escaped forms (sharing
+    /// `session`'s automaton when no secret escapes differently).
+    pub(crate) fn set(&self, session: &Redactor) {
+        let secrets = session.secrets();
+        let forms: Vec<String> = secrets
+            .iter()
+            .flat_map(|s| {
+                let debug = debug_escaped(s);
+                [json_escaped(s), json_escaped(&debug), debug]
+            })
+            .filter(|form| secrets.binary_search(form).is_err())
+            .collect();
+        let redactor = if forms.is_empty() {
+            session.clone()
+        } else {
+            session.with(forms)
+        };
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = redactor;
     }
-    *guard = guard.with(fresh);
+
+    /// Empties the set, when the session is over, so its automata can be
+    /// freed before its span is.
+    pub(crate) fn clear(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Redactor::default();
+    }
+
+    fn current(&self) -> Redactor {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Scrubs every line logged within `span` (and the spans inside it) of
+/// `secrets`. Does nothing if the log was not installed by [`init`].
+pub(crate) fn scrub_span(span: &tracing::Span, secrets: LogSecrets) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(span) = dispatch
+            .downcast_ref::<Registry>()
+            .and_then(|registry| registry.span(id))
+        {
+            span.extensions_mut().insert(secrets);
+        }
+    });
 }
 
 /// `secret` as serde_json writes it inside a string (without the quotes).
@@ -170,11 +225,39 @@ fn json_escaped(secret: &str) -> String {
     quoted[1..quoted.len() - 1].to_owned()
 }
 
-fn log_redactor() -> Redactor {
-    LOG_SECRETS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
+/// `secret` as `Debug` writes it inside a string (without the quotes).
+fn debug_escaped(secret: &str) -> String {
+    let quoted = format!("{secret:?}");
+    quoted[1..quoted.len() - 1].to_owned()
+}
+
+thread_local! {
+    /// The secrets of the event being formatted on this thread, set by
+    /// [`SessionScope`] just before the formatting layer writes it.
+    static EVENT_SECRETS: RefCell<Option<Redactor>> = const { RefCell::new(None) };
+}
+
+/// A layer, placed before the formatting one, that finds the [`LogSecrets`]
+/// of the event's session (the nearest enclosing span holding some) and
+/// leaves them where [`RedactingStderr`] picks them up. (A `MakeWriter`
+/// cannot look at spans itself: the dispatcher is busy while it runs.)
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionScope;
+
+impl<S> Layer<S> for SessionScope
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let secrets = ctx.event_scope(event).and_then(|scope| {
+            scope.into_iter().find_map(|span| {
+                span.extensions()
+                    .get::<LogSecrets>()
+                    .map(LogSecrets::current)
+            })
+        });
+        EVENT_SECRETS.with(|slot| *slot.borrow_mut() = secrets);
+    }
 }
 
 /// A `tracing_subscriber` writer: stderr, one redacted line at a time.
@@ -185,7 +268,10 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
     type Writer = LineWriter;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter { buf: Vec::new() }
+        LineWriter {
+            buf: Vec::new(),
+            secrets: EVENT_SECRETS.with(|slot| slot.borrow().clone()),
+        }
     }
 }
 
@@ -193,6 +279,7 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 #[derive(Debug)]
 pub(crate) struct LineWriter {
     buf: Vec<u8>,
+    secrets: Option<Redactor>,
 }
 
 impl Write for LineWriter {
@@ -208,7 +295,10 @@ impl Write for LineWriter {
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        let redacted = log_redactor().redact_bytes(&self.buf);
+        let redacted = match &self.secrets {
+            Some(secrets) => secrets.redact_bytes(&self.buf),
+            None => std::mem::take(&mut self.buf),
+        };
         let _ = io::stderr().lock().write_all(&redacted);
     }
 }
@@ -241,23 +331,53 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_also_scrubbed_as_json_escapes_them() {
+    fn secrets_are_also_scrubbed_as_json_and_debug_escape_them() {
         let secret = r#"quo"te\slash-secret"#;
-        remember_secrets(&[secret.into()]);
+        let secrets = LogSecrets::default();
+        secrets.set(&Redactor::new([secret]));
         let line = serde_json::json!({ "error": format!("got {secret}") }).to_string();
         assert!(
             !line.contains(secret),
             "the line holds only the escaped form"
         );
-        let redacted = log_redactor().redact_bytes(line.as_bytes());
+        let redacted = secrets.current().redact_bytes(line.as_bytes());
         assert_eq!(redacted, br#"{"error":"got [REDACTED]"}"#);
+        let debug = format!("reason={:?}", format!("got {secret}"));
+        let redacted = secrets.current().redact_bytes(debug.as_bytes());
+        assert_eq!(redacted, br#"reason="got [REDACTED]""#);
+        let both = serde_json::json!({ "reason": format!("{secret:?}") }).to_string();
+        let redacted = secrets.current().redact_bytes(both.as_bytes());
+        assert_eq!(redacted, br#"{"reason":"\"[REDACTED]\""}"#);
     }
 
     #[test]
-    fn remembered_secrets_are_scrubbed_from_lines() {
-        remember_secrets(&["log-secret-123456".into(), String::new()]);
-        let line = b"user said log-secret-123456 twice: log-secret-123456\n";
-        let redacted = log_redactor().redact_bytes(line);
-        assert_eq!(redacted, b"user said [REDACTED] twice: [REDACTED]\n");
+    fn third_party_targets_are_capped_at_info() {
+        use tracing::callsite::Identifier;
+        use tracing::metadata::Kind;
+        struct Site;
+        impl tracing::Callsite for Site {
+            fn set_interest(&self, _: tracing::subscriber::Interest) {}
+            fn metadata(&self) -> &Metadata<'_> {
+                unreachable!()
+            }
+        }
+        static SITE: Site = Site;
+        let meta = |target: &'static str, level| {
+            Metadata::new(
+                "e",
+                target,
+                level,
+                None,
+                None,
+                None,
+                tracing::field::FieldSet::new(&[], Identifier(&SITE)),
+                Kind::EVENT,
+            )
+        };
+        assert!(is_capped(&meta("tungstenite::protocol", Level::TRACE)));
+        assert!(is_capped(&meta("hyper_util::client", Level::DEBUG)));
+        assert!(!is_capped(&meta("reqwest::connect", Level::INFO)));
+        assert!(!is_capped(&meta("runtimeuse::session", Level::TRACE)));
+        assert!(!is_capped(&meta("handler", Level::DEBUG)));
     }
 }

@@ -9,11 +9,20 @@
 //!
 //! [`StreamRedactor`] gives exactly the same output as [`Redactor::redact_bytes`]
 //! on the concatenated input, however that input is split into chunks: it holds
-//! back at most `max_secret_len - 1` bytes, so a secret split across reads is
-//! still caught.
+//! back at most `max_secret_len - 1` bytes (a few more when the chunk ends
+//! inside what may become a marker), so a secret split across reads is still
+//! caught.
+//!
+//! **The marker is never redacted.** An occurrence of a secret that overlaps a
+//! `[REDACTED]` already in the text without containing it whole (the secret
+//! `E`, or `D]x` in `[REDACTED]x`) is left alone. That makes redaction
+//! idempotent: text redacted once comes out of any later pass with the same
+//! (or fewer) secrets unchanged, so a producer's pass and the session writer's
+//! safety pass never mangle each other's markers, and a result fitted to the
+//! frame limit after the first pass cannot grow in the second.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use aho_corasick::{AhoCorasick, Input, MatchKind, Span as AcSpan, packed};
 use serde_json::Value;
@@ -29,6 +38,47 @@ pub(crate) const MIN_ENV_SECRET_LEN: usize = 8;
 
 /// A half-open byte range `[start, end)` of the haystack to redact.
 type Span = (usize, usize);
+
+/// Finds whole markers in a text (they cannot overlap one another: `[`
+/// occurs only at the marker's start).
+static MARKER_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::new([REDACTED]).expect("one short pattern is within aho-corasick's limits")
+});
+
+/// Byte ranges of the whole markers in `hay`, in order.
+fn markers_in(hay: &[u8], markers: &mut Vec<Span>) {
+    markers.clear();
+    markers.extend(MARKER_FINDER.find_iter(hay).map(|m| (m.start(), m.end())));
+}
+
+/// Whether the occurrence `span` overlaps one of `markers` (sorted) without
+/// containing it whole: such an occurrence is the marker (or its edge) read
+/// as a secret, and is left alone so that markers survive any later pass.
+fn clips_a_marker(markers: &[Span], (start, end): Span) -> bool {
+    let first = markers.partition_point(|&(_, m_end)| m_end <= start);
+    markers[first..]
+        .iter()
+        .take_while(|&&(m_start, _)| m_start < end)
+        .any(|&(m_start, m_end)| m_start < start || m_end > end)
+}
+
+/// Where a stream chunk may be cut: `hold` bytes before the end, or before
+/// a trailing partial marker (which the next chunk may complete), and never
+/// inside a whole marker. Everything before the cut is then final.
+fn stream_cut(buf: &[u8], hold: usize) -> usize {
+    let marker = REDACTED.as_bytes();
+    let end = (1..marker.len())
+        .rev()
+        .find(|&k| buf.ends_with(&marker[..k]))
+        .map_or(buf.len(), |k| buf.len() - k);
+    let cut = end.saturating_sub(hold);
+    let near = cut.saturating_sub(marker.len() - 1)..buf.len().min(cut + marker.len() - 1);
+    let straddling = MARKER_FINDER
+        .find_iter(&buf[near.clone()])
+        .map(|m| near.start + m.start())
+        .find(|&start| start < cut && start + marker.len() > cut);
+    straddling.unwrap_or(cut)
+}
 
 /// Bytes scanned by the exact overlapping search per located occurrence. At
 /// least twice the longest secret is used, so each window moves the scan on
@@ -72,20 +122,45 @@ impl Matcher {
     }
 
     /// Fills `spans` with the merged ranges of all (overlapping) occurrences in
-    /// `hay`, sorted and pairwise neither overlapping nor touching. `seed`, if
-    /// any, is a prefix `[0, seed)` that already belongs to a redacted range.
-    fn spans(&self, hay: &[u8], seed: Option<usize>, spans: &mut Vec<Span>) {
+    /// `hay`, sorted and pairwise neither overlapping nor touching, leaving
+    /// out occurrences that clip one of `markers` (the whole markers of
+    /// `hay`). `seed`, if any, is a prefix `[0, seed)` that already belongs to
+    /// a redacted range.
+    ///
+    /// Returns how far the occurrences starting before `cut` (and the seed)
+    /// reach: those are final, whatever follows `hay`.
+    fn spans(
+        &self,
+        hay: &[u8],
+        seed: Option<usize>,
+        cut: usize,
+        markers: &[Span],
+        spans: &mut Vec<Span>,
+    ) -> usize {
         spans.clear();
         spans.extend(seed.map(|end| (0, end)));
+        let mut reach = seed.unwrap_or(0);
         let mut pos = 0;
         while let Some(start) = self.locator.leftmost_start(hay, pos) {
-            pos = self.scan_window(hay, start, spans);
+            pos = self.scan_window(hay, start, markers, spans, |(s, e)| {
+                if s < cut {
+                    reach = reach.max(e);
+                }
+            });
         }
+        reach
     }
 
     /// Adds to `spans` every occurrence starting in `[from, next)` and returns
     /// `next` (> `from`). Such occurrences all lie in the scanned window.
-    fn scan_window(&self, hay: &[u8], from: usize, spans: &mut Vec<Span>) -> usize {
+    fn scan_window(
+        &self,
+        hay: &[u8],
+        from: usize,
+        markers: &[Span],
+        spans: &mut Vec<Span>,
+        mut seen: impl FnMut(Span),
+    ) -> usize {
         let end = hay.len().min(from + self.window);
         let next = if end == hay.len() {
             end
@@ -94,8 +169,10 @@ impl Matcher {
         };
         let window = Input::new(hay).range(from..end);
         for m in self.overlapping.find_overlapping_iter(window) {
-            if m.start() < next {
-                push_merged(spans, (m.start(), m.end()));
+            let span = (m.start(), m.end());
+            if m.start() < next && !clips_a_marker(markers, span) {
+                push_merged(spans, span);
+                seen(span);
             }
         }
         next
@@ -299,8 +376,10 @@ impl Redactor {
         let Some(matcher) = &self.matcher else {
             return Cow::Borrowed(bytes);
         };
+        let mut markers = Vec::new();
+        markers_in(bytes, &mut markers);
         let mut spans = Vec::new();
-        matcher.spans(bytes, None, &mut spans);
+        matcher.spans(bytes, None, bytes.len(), &markers, &mut spans);
         if spans.is_empty() {
             return Cow::Borrowed(bytes);
         }
@@ -334,7 +413,8 @@ pub struct StreamRedactor {
 /// What a stream holds between pushes.
 #[derive(Debug, Default)]
 struct StreamState {
-    /// Raw bytes not yet emitted: at most `max_secret_len - 1`.
+    /// Raw bytes not yet emitted: at most `max_secret_len - 1`, plus up to
+    /// twice the marker's length when a chunk ends near a marker.
     carry: Vec<u8>,
     /// `Some(n)`: the already emitted marker's range runs up to `carry[n]`
     /// (`n == 0`: it ends right where `carry` starts, so an occurrence
@@ -344,6 +424,8 @@ struct StreamState {
     buf: Vec<u8>,
     /// Scratch: merged spans of `buf`.
     spans: Vec<Span>,
+    /// Scratch: whole markers in `buf`.
+    markers: Vec<Span>,
 }
 
 impl StreamRedactor {
@@ -357,7 +439,8 @@ impl StreamRedactor {
         state.buf.clear();
         state.buf.extend_from_slice(&state.carry);
         state.buf.extend_from_slice(chunk);
-        state.drain(matcher, matcher.max_len - 1, out);
+        let cut = stream_cut(&state.buf, matcher.max_len - 1);
+        state.drain(matcher, cut, out);
     }
 
     /// Flushes whatever is held back at end of stream. The stream is then
@@ -366,7 +449,8 @@ impl StreamRedactor {
         if let Some(matcher) = &self.redactor.matcher {
             let state = &mut self.state;
             std::mem::swap(&mut state.buf, &mut state.carry);
-            state.drain(matcher, 0, out);
+            let cut = state.buf.len();
+            state.drain(matcher, cut, out);
         }
         self.state.carry.clear();
         self.state.covered = None;
@@ -380,35 +464,34 @@ impl StreamRedactor {
 }
 
 impl StreamState {
-    /// Emits `buf` except its last `hold` bytes, which become the new carry.
+    /// Emits `buf[..cut]`; the rest becomes the new carry.
     ///
-    /// No occurrence that is not wholly in `buf` can start before the cut
-    /// `buf.len() - hold` when `hold = max_secret_len - 1`, so everything
-    /// before the cut is final.
-    fn drain(&mut self, matcher: &Matcher, hold: usize, out: &mut Vec<u8>) {
-        let cut = self.buf.len().saturating_sub(hold);
+    /// `cut` comes from [`stream_cut`] (or is the end of the stream): no
+    /// occurrence that is not wholly in `buf` can start before it, and every
+    /// marker that an occurrence starting before it could clip is wholly in
+    /// `buf`, so everything before the cut is final.
+    fn drain(&mut self, matcher: &Matcher, cut: usize, out: &mut Vec<u8>) {
         if cut == 0 {
             // Nothing is final yet; `covered` still describes the same start.
             std::mem::swap(&mut self.carry, &mut self.buf);
             return;
         }
-        matcher.spans(&self.buf, self.covered, &mut self.spans);
-        self.covered = emit(&self.buf, &self.spans, self.covered.is_some(), cut, out);
+        markers_in(&self.buf, &mut self.markers);
+        let reach = matcher.spans(&self.buf, self.covered, cut, &self.markers, &mut self.spans);
+        let open = emit(&self.buf, &self.spans, self.covered.is_some(), cut, out);
+        // Only what the final occurrences cover carries over: an occurrence
+        // starting after the cut is found again (or not, if a marker turns
+        // out to clip it) in the next chunk.
+        self.covered = open.then(|| reach.saturating_sub(cut));
         self.carry.clear();
         self.carry.extend_from_slice(&self.buf[cut..]);
     }
 }
 
-/// Emits `buf[..cut]` with markers for `spans`, and returns how far past the
-/// cut the last emitted marker's range reaches, if it reaches the cut.
+/// Emits `buf[..cut]` with markers for `spans`, and returns whether the
+/// last emitted marker's range reaches the cut (so it may continue).
 /// `continues`: a span starting at 0 continues an already emitted marker.
-fn emit(
-    buf: &[u8],
-    spans: &[Span],
-    continues: bool,
-    cut: usize,
-    out: &mut Vec<u8>,
-) -> Option<usize> {
+fn emit(buf: &[u8], spans: &[Span], continues: bool, cut: usize, out: &mut Vec<u8>) -> bool {
     let mut cursor = 0;
     for &(start, end) in spans.iter().take_while(|&&(start, _)| start < cut) {
         out.extend_from_slice(&buf[cursor..start]);
@@ -416,12 +499,12 @@ fn emit(
             out.extend_from_slice(REDACTED.as_bytes());
         }
         if end >= cut {
-            return Some(end - cut);
+            return true;
         }
         cursor = end;
     }
     out.extend_from_slice(&buf[cursor..cut]);
-    None
+    false
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use crate::request::{self, CancelCause, Canceller, Phase, Request, RequestContex
 use crate::wire::{InboundMessage, OutboundMessage};
 
 use liveness::LivenessLimits;
-use secrets::SessionSecrets;
+pub(crate) use secrets::SessionSecrets;
 pub(crate) use write_watch::{WriteStall, WriteWatch};
 use writer::write_loop;
 
@@ -94,6 +94,9 @@ struct Session {
     close_reason: Arc<OnceLock<CloseFrame>>,
     /// `end_session_message` arrived: confirm once the current request ends.
     ending: bool,
+    /// Some inbound message was large: the heap is trimmed when the session
+    /// ends (see `memory`).
+    large_input: bool,
     requests_started: u64,
 }
 
@@ -112,32 +115,42 @@ where
     let (sink, mut stream) = ws.split();
     let (outbox, rx) = Outbox::channel(OUTBOX_CAPACITY);
     let secrets = SessionSecrets::default();
+    crate::logging::scrub_span(&tracing::Span::current(), secrets.log());
     let writer_stop = CancellationToken::new();
     let close_reason = Arc::new(OnceLock::new());
     let ping = Arc::new(Notify::new());
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        secrets.clone(),
-        writer_stop.clone(),
-        close_reason.clone(),
-        ping.clone(),
-    ));
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            rx,
+            secrets.clone(),
+            writer_stop.clone(),
+            close_reason.clone(),
+            ping.clone(),
+        )
+        .in_current_span(),
+    );
     let limits = LivenessLimits {
         ping_interval: shared.config.ping_interval,
         ping_timeout: shared.config.ping_timeout,
     };
     let peer = liveness::watch(&limits, stall, ping, writer.abort_handle());
     let handler = HandlerHost::new(shared.spares.clone());
+    let artifacts = Artifacts::new(
+        outbox.clone(),
+        uploader(shared.http.clone()),
+        secrets.clone(),
+    );
     let mut session = Session {
         shared: shared.clone(),
         outbox: outbox.clone(),
         secrets,
         handler: Arc::new(AsyncMutex::new(handler)),
-        artifacts: Artifacts::new(outbox.clone(), uploader(shared.http.clone())),
+        artifacts,
         current: None,
         close_reason,
         ending: false,
+        large_input: false,
         requests_started: 0,
     };
     let mut shutting_down = false;
@@ -148,7 +161,7 @@ where
     let mut linger: Option<Instant> = None;
     loop {
         if session.ending && session.current.is_none() && drain.is_none() && linger.is_none() {
-            drain = Some(tokio::spawn(session.drain_artifacts()));
+            drain = Some(tokio::spawn(session.drain_artifacts().in_current_span()));
         }
         tokio::select! {
             () = drain_done(&mut drain) => {
@@ -214,7 +227,16 @@ where
     }
     // With the writer's half gone, this drops the socket.
     drop(stream);
+    let held_many =
+        session.large_input || session.secrets.count() >= crate::memory::TRIM_AFTER_SECRETS;
+    let log_secrets = session.secrets.log();
     session.close().await;
+    if held_many {
+        // The session's span outlives this function: drop its copy of the
+        // automata too, then give their pages back.
+        log_secrets.clear();
+        crate::memory::give_back_freed();
+    }
 }
 
 /// Waits for the end-of-session artifact drain (and forgets it, so it is
@@ -298,6 +320,7 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
+        self.large_input |= text.len() >= crate::memory::LARGE_INPUT_BYTES;
         let message = match InboundMessage::parse(text) {
             Ok(message) => message,
             Err(e) => {
@@ -328,7 +351,7 @@ impl Session {
         let _ = self.outbox.send(OutboundMessage::error(reason)).await;
     }
 
-    async fn start(&mut self, request: Request) {
+    async fn start(&mut self, mut request: Request) {
         if self.current.is_some() {
             // Not `reject`: this one must reach the client even mid-request.
             let _ = self
@@ -348,15 +371,31 @@ impl Session {
             let _ = self.outbox.send(OutboundMessage::error(why)).await;
             return;
         }
-        let (source_id, secrets, kind) = match &request {
+        // Taken, not cloned: the list can be large, and the request's
+        // redactor carries the secrets from here on.
+        let (source_id, secrets, kind) = match &mut request {
             Request::Invocation(m) => (
                 m.source_id.clone(),
-                m.secrets_to_redact.clone(),
+                std::mem::take(&mut m.secrets_to_redact),
                 "invocation",
             ),
-            Request::Commands(m) => (m.source_id.clone(), m.secrets_to_redact.clone(), "commands"),
+            Request::Commands(m) => (
+                m.source_id.clone(),
+                std::mem::take(&mut m.secrets_to_redact),
+                "commands",
+            ),
         };
-        let redactor = self.secrets.add(&secrets);
+        let redactor = match self.secrets.add(&secrets) {
+            Ok(redactor) => redactor,
+            Err(e) => {
+                tracing::warn!(error = %e, "request refused");
+                let _ = self
+                    .outbox
+                    .send(OutboundMessage::error(e.to_string()))
+                    .await;
+                return;
+            }
+        };
         self.requests_started += 1;
         let source_id = redactor
             .redact_str(source_id.as_deref().unwrap_or("-"))

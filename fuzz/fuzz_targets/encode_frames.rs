@@ -8,6 +8,12 @@
 //! - is valid JSON,
 //! - holds no secret in any string or key, except where it overlaps a
 //!   `[REDACTED]` marker (see `common::unexplained_secret`);
+//! - holds only whole markers (every `[` starts one, but at a split piece's
+//!   end), so no marker was redacted;
+//!
+//! that encoding a message a producer already redacted gives the same frames
+//! (the writer's pass never redacts twice); that an oversized command result
+//! set is fitted, never replaced by the too-big error;
 //!
 //! and that splitting an assistant or command-output message loses no text:
 //! the frames' pieces join up to the redacted text (checked when no secret
@@ -251,6 +257,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let redactor = Redactor::new(&secrets);
     let frames = encode(&message, &redactor);
+    if !secrets
+        .iter()
+        .any(|s| s.contains(runtimeuse::fuzzing::REDACTED))
+    {
+        assert!(
+            encode(&message.redacted(&redactor), &redactor) == frames,
+            "encoding an already redacted message differs (message {}, secrets {secrets:?})",
+            message_summary(&message),
+        );
+    }
 
     // The text field an oversized message of this kind is split on.
     let split_field = match &message {
@@ -279,6 +295,13 @@ fuzz_target!(|data: &[u8]| {
             "frame {n} has a mangled message_type: {frame:.200}"
         );
         if message.is_terminal() && is_too_big_error(&value) {
+            assert!(
+                !matches!(
+                    message,
+                    OutboundMessage::CommandExecutionResultMessage { .. }
+                ) || commands_alone_too_big(&message, &redactor),
+                "a command result set became the too-big error instead of being fitted"
+            );
             // Only the runtime's own words and a number: if they spell a
             // secret (say `b`), that is no leak, just like the marker.
             continue;
@@ -289,6 +312,14 @@ fuzz_target!(|data: &[u8]| {
             let in_split_field = split_field.is_some() && field == split_field;
             // A split piece may start or end inside a marker.
             let cut = split && in_split_field;
+            // Fitting a result cuts stdout in the middle, maybe inside a
+            // marker, and puts its own bracketed note there.
+            let fitted = text.contains("bytes of output omitted]");
+            assert!(
+                fitted || common::markers_intact(text.as_bytes(), cut),
+                "mangled marker in frame {n}: {}",
+                clip(text, 200)
+            );
             if let Some((secret, at)) = common::unexplained_secret(text.as_bytes(), &secrets, cut) {
                 panic!(
                     "secret {secret:?} in frame {n} at byte {at} of string {}",
@@ -332,6 +363,26 @@ fn is_too_big_error(value: &Value) -> bool {
         serde_json::json!({"message_type": "error_message", "error": error, "metadata": {}});
     size.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         && *value == expected
+}
+
+/// Whether a result set is over the limit even with every stdout empty,
+/// the one case fitting cannot help.
+fn commands_alone_too_big(message: &OutboundMessage, redactor: &Redactor) -> bool {
+    let OutboundMessage::CommandExecutionResultMessage { results } = message.redacted(redactor)
+    else {
+        return false;
+    };
+    let empty: Vec<CommandResult> = results
+        .into_iter()
+        .map(|r| CommandResult {
+            stdout: String::new(),
+            ..r
+        })
+        .collect();
+    serde_json::to_string(&OutboundMessage::CommandExecutionResultMessage { results: empty })
+        .unwrap()
+        .len()
+        > MAX_OUTBOUND_FRAME_BYTES
 }
 
 /// The start of a possibly huge string, quoted.

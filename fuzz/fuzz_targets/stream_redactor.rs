@@ -8,7 +8,10 @@
 //! - `redact_bytes` equals an independent naive reference (and
 //!   `redact_str` agrees with it on UTF-8 text);
 //! - no secret occurs in the output, except where it overlaps a
-//!   `[REDACTED]` marker (see `common::unexplained_secret` for why).
+//!   `[REDACTED]` marker (see `common::unexplained_secret` for why);
+//! - the marker is never redacted: a second pass with the same secrets
+//!   changes nothing (unless a secret contains the whole marker), and
+//!   without `[` in the input every `[` of the output starts a whole marker.
 
 #![no_main]
 
@@ -103,6 +106,24 @@ fuzz_target!(|data: &[u8]| {
     );
     if let Ok(text) = std::str::from_utf8(&text) {
         assert_eq!(redactor.redact_str(text).as_bytes(), whole.as_slice());
+    }
+
+    if !secrets
+        .iter()
+        .any(|s| s.contains(runtimeuse::fuzzing::REDACTED))
+    {
+        assert!(
+            redactor.redact_bytes(&whole) == whole,
+            "a second pass changed {:?} (secrets {secrets:?})",
+            common::show(&whole),
+        );
+    }
+    if !text.contains(&b'[') {
+        assert!(
+            common::markers_intact(&whole, false),
+            "mangled marker in {:?} (secrets {secrets:?})",
+            common::show(&whole),
+        );
     }
 
     // A `[` in the text could fake a marker and excuse a real leak.

@@ -21,8 +21,13 @@
 //!   earlier ones were given up on (a late answer still uploads).
 //! - A client answer is honoured only for a path that is `pending`: that is
 //!   the whole defence against a client asking for `/etc/passwd`.
+//! - Announcements carry the path redacted (a secret in a user name or a
+//!   file name becomes `[REDACTED]`), and the client echoes that text back,
+//!   so answers are matched by the text the client saw (`shown`). Several
+//!   pending files that redact to the same text are matched in the order
+//!   they were announced.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,7 @@ use std::time::SystemTime;
 
 use ignore::gitignore::Gitignore;
 
+use crate::redact::Redactor;
 use crate::wire::OutboundMessage;
 
 /// Most files whose state is remembered; beyond this new files are not
@@ -89,6 +95,9 @@ pub(crate) struct Ledger {
     known: HashMap<PathBuf, Stamp>,
     /// Announced, not yet answered: path -> announcement sequence number.
     pending: HashMap<PathBuf, u64>,
+    /// The announced (redacted) `filepath` -> the files announced under it,
+    /// oldest first. May hold files no longer pending; claims skip them.
+    shown: HashMap<String, VecDeque<PathBuf>>,
     /// Answered, upload running: sequence number -> path.
     uploading: HashMap<u64, PathBuf>,
     /// Sequence number of the latest announcement.
@@ -108,7 +117,14 @@ impl Ledger {
     /// Records a candidate file and returns the announcement to send, if
     /// it is new or changed and not already awaiting an answer since the
     /// last flush (the upload that answer starts reads the newest bytes).
-    pub(crate) fn decide(&mut self, path: PathBuf, stamp: Stamp) -> Option<OutboundMessage> {
+    /// The message is redacted with `redactor` (the session's secrets),
+    /// and the answer is expected to echo its `filepath`.
+    pub(crate) fn decide(
+        &mut self,
+        path: PathBuf,
+        stamp: Stamp,
+        redactor: &Redactor,
+    ) -> Option<OutboundMessage> {
         if self.known.get(&path) == Some(&stamp) {
             return None;
         }
@@ -130,10 +146,15 @@ impl Ledger {
             tracing::warn!(path = %path.display(), "artifact path is not UTF-8; not announced");
             return None;
         };
+        let shown = redactor.redact_str(filepath).into_owned();
         let message = OutboundMessage::ArtifactUploadRequestMessage {
-            filename: filename.to_owned(),
-            filepath: filepath.to_owned(),
+            filename: redactor.redact_str(filename).into_owned(),
+            filepath: shown.clone(),
         };
+        let queue = self.shown.entry(shown).or_default();
+        if !queue.contains(&path) {
+            queue.push_back(path.clone());
+        }
         self.seq += 1;
         self.pending.insert(path, self.seq);
         self.window.announced += 1;
@@ -174,11 +195,18 @@ impl Ledger {
         self.window.announced = self.window.announced.saturating_sub(1);
     }
 
-    /// The client answered for `path`: if we announced exactly that path
-    /// and it awaits an answer, it moves to uploading and its canonical
-    /// path and sequence number are returned; anything else is `None`.
-    pub(crate) fn claim(&mut self, path: &Path) -> Option<(PathBuf, u64)> {
-        let (path, seq) = self.pending.remove_entry(path)?;
+    /// The client answered for `shown` (the announced, redacted
+    /// `filepath`): the oldest file announced under it that still awaits an
+    /// answer moves to uploading, and its canonical path and sequence number
+    /// are returned; if there is none, `None`.
+    pub(crate) fn claim(&mut self, shown: &str) -> Option<(PathBuf, u64)> {
+        let queue = self.shown.get_mut(shown)?;
+        let claimed = std::iter::from_fn(|| queue.pop_front())
+            .find_map(|path| self.pending.remove(&path).map(|seq| (path, seq)));
+        if queue.is_empty() {
+            self.shown.remove(shown);
+        }
+        let (path, seq) = claimed?;
         self.uploading.insert(seq, path.clone());
         Some((path, seq))
     }
@@ -196,6 +224,7 @@ impl Ledger {
     /// Forgets every unanswered announcement (and the version it
     /// announced), so the next scan announces those files again.
     pub(crate) fn forget_unanswered(&mut self) {
+        self.shown.clear();
         for (path, _) in self.pending.drain() {
             self.known.remove(&path);
         }
@@ -252,5 +281,59 @@ impl Ledger {
     pub(crate) fn clear(&mut self) {
         self.roots.clear();
         self.known.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(len: u64) -> Stamp {
+        Stamp {
+            len,
+            mtime: None,
+            ino: 1,
+        }
+    }
+
+    fn shown_path(message: &OutboundMessage) -> &str {
+        match message {
+            OutboundMessage::ArtifactUploadRequestMessage { filepath, .. } => filepath,
+            other => panic!("not an announcement: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_are_matched_by_the_redacted_path_in_announcement_order() {
+        let redactor = Redactor::new(["alice", "key-1", "key-2"]);
+        let mut ledger = Ledger::default();
+        let first = PathBuf::from("/home/alice/f-key-1.txt");
+        let second = PathBuf::from("/home/alice/f-key-2.txt");
+        let a = ledger.decide(first.clone(), stamp(1), &redactor).unwrap();
+        let b = ledger.decide(second.clone(), stamp(2), &redactor).unwrap();
+        let shown = "/home/[REDACTED]/f-[REDACTED].txt";
+        assert_eq!((shown_path(&a), shown_path(&b)), (shown, shown));
+        assert_eq!(
+            ledger.claim("/home/alice/f-key-1.txt"),
+            None,
+            "the real path was never shown"
+        );
+        assert_eq!(ledger.claim(shown).map(|(p, _)| p), Some(first));
+        assert_eq!(ledger.claim(shown).map(|(p, _)| p), Some(second));
+        assert_eq!(
+            ledger.claim(shown),
+            None,
+            "each announcement is answered once"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_announcement_cannot_be_claimed() {
+        let redactor = Redactor::new(["tok"]);
+        let mut ledger = Ledger::default();
+        let path = PathBuf::from("/out/tok.txt");
+        ledger.decide(path.clone(), stamp(1), &redactor).unwrap();
+        ledger.unsend(&path);
+        assert_eq!(ledger.claim("/out/[REDACTED].txt"), None);
     }
 }

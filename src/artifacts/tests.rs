@@ -77,7 +77,7 @@ impl Harness {
     fn failing(fail_first: usize) -> Self {
         let (outbox, mut rx) = Outbox::channel(64);
         let (upload, uploads) = fake_upload(fail_first);
-        let artifacts = Artifacts::new(outbox, upload);
+        let artifacts = Artifacts::new(outbox, upload, SessionSecrets::default());
         let announced = Log::default();
         let (client, log) = (artifacts.clone(), announced.clone());
         tokio::spawn(async move {
@@ -436,7 +436,7 @@ fn manual() -> (
 ) {
     let (outbox, rx) = Outbox::channel(8);
     let (upload, uploads) = fake_upload(0);
-    let artifacts = Artifacts::new(outbox, upload);
+    let artifacts = Artifacts::new(outbox, upload, SessionSecrets::default());
     let dir = TempDir::new().unwrap();
     let root = fs::canonicalize(dir.path()).unwrap();
     artifacts
@@ -460,7 +460,7 @@ async fn announcements_cut_off_by_the_bound_are_made_by_the_next_flush() {
     // Room for one message: the socket is backed up after that.
     let (outbox, mut rx) = Outbox::channel(1);
     let (upload, uploads) = fake_upload(0);
-    let artifacts = Artifacts::new(outbox, upload);
+    let artifacts = Artifacts::new(outbox, upload, SessionSecrets::default());
     let dir = TempDir::new().unwrap();
     artifacts
         .watch(&[dir.path().to_str().unwrap().to_owned()], None)

@@ -19,6 +19,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Inner;
 use super::ledger::Stamp;
@@ -88,7 +89,11 @@ impl Inner {
                     None
                 }
             };
-            runtime.spawn(event_loop(Arc::downgrade(self), rx, overflow, stop.clone()));
+            // In the session's scope (the first watching request's span),
+            // so its log lines are redacted with the session's secrets.
+            runtime.spawn(
+                event_loop(Arc::downgrade(self), rx, overflow, stop.clone()).in_current_span(),
+            );
             Watching { watcher, stop }
         });
         if let Some(watcher) = watching.watcher.as_mut() {

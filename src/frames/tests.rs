@@ -189,3 +189,18 @@ proptest! {
         prop_assert!(len <= max || results.iter().all(|r| r.stdout.is_empty()), "{}", len);
     }
 }
+
+#[test]
+fn results_that_redaction_grows_past_the_limit_are_fitted_not_refused() {
+    // 1-char secrets become 10-byte markers: 200 KB of them grows to 2 MB.
+    let msg = OutboundMessage::CommandExecutionResultMessage {
+        results: vec![result("cat big", "x".repeat(200_000))],
+    };
+    let frames = encode(&msg, &Redactor::new(["x"]));
+    assert_eq!(frames.len(), 1);
+    assert!(frames[0].len() <= MAX_OUTBOUND_FRAME_BYTES);
+    let v = decode(&frames[0]);
+    assert_eq!(v["message_type"], "command_execution_result_message");
+    let stdout = v["results"][0]["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("[REDACTED]") && !stdout.contains('x'));
+}

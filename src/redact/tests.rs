@@ -44,13 +44,24 @@ fn assert_splits(r: &Redactor, bytes: &[u8], expected: &[u8]) {
     assert_eq!(stream_bytewise(r, bytes), expected);
 }
 
-/// Independent oracle: mask every byte of every occurrence, then replace
-/// each maximal masked run with one marker.
+/// Independent oracle: mask every byte of every occurrence that does not
+/// clip a marker of the input (overlap it without containing it whole), then
+/// replace each maximal masked run with one marker.
 fn oracle(secrets: &[String], bytes: &[u8]) -> Vec<u8> {
+    let marker = REDACTED.as_bytes();
+    let markers: Vec<(usize, usize)> = (0..bytes.len())
+        .filter(|&i| bytes[i..].starts_with(marker))
+        .map(|i| (i, i + marker.len()))
+        .collect();
+    let clips = |start: usize, end: usize| {
+        markers
+            .iter()
+            .any(|&(ms, me)| ms < end && me > start && (ms < start || me > end))
+    };
     let mut mask = vec![false; bytes.len()];
     for s in secrets.iter().filter(|s| !s.is_empty()) {
         for i in 0..bytes.len() {
-            if bytes[i..].starts_with(s.as_bytes()) {
+            if bytes[i..].starts_with(s.as_bytes()) && !clips(i, i + s.len()) {
                 mask[i..i + s.len()].iter_mut().for_each(|m| *m = true);
             }
         }
@@ -488,5 +499,84 @@ proptest! {
         let whole = r.redact_bytes(&text);
         prop_assert_eq!(&whole, &oracle(&secrets, &text));
         prop_assert_eq!(stream_split(&r, &text, &offsets(&splits, text.len())), whole);
+    }
+}
+
+#[test]
+fn the_marker_is_never_redacted() {
+    let r = redactor(&["E"]);
+    assert_every_split(&r, b"E", b"[REDACTED]");
+    assert_every_split(&r, b"echo E", b"echo [REDACTED]");
+    assert_every_split(&r, b"[REDACTED] E", b"[REDACTED] [REDACTED]");
+    let once = r.redact_str("E and E");
+    assert_eq!(r.redact_str(&once), once, "a second pass changes nothing");
+}
+
+#[test]
+fn a_secret_clipping_a_marker_is_left_but_one_containing_it_is_not() {
+    let r = redactor(&["D]x", "y[REDACTED]z"]);
+    assert_every_split(&r, b"[REDACTED]x D]x", b"[REDACTED]x [REDACTED]");
+    assert_every_split(&r, b"y[REDACTED]z", b"[REDACTED]");
+}
+
+#[test]
+fn a_chunk_ending_in_a_partial_marker_waits_for_the_rest() {
+    let r = redactor(&["D]"]);
+    let mut stream = r.stream();
+    let mut out = Vec::new();
+    stream.push(b"abc[REDAC", &mut out);
+    stream.push(b"TED] D]", &mut out);
+    stream.finish(&mut out);
+    assert_eq!(out, b"abc[REDACTED] [REDACTED]");
+}
+
+/// Pieces that spell, cut and touch the marker.
+const MARKER_SECRET_PIECES: &[&str] = &["E", "D", "]", "[", "a", "R"];
+const MARKER_TEXT_PIECES: &[&[u8]] = &[
+    b"[REDACTED]",
+    b"[REDACTED]",
+    b"[RED",
+    b"ACTED]",
+    b"E",
+    b"D",
+    b"]",
+    b"[",
+    b"a",
+    b"b",
+];
+
+fn marker_secrets_strategy() -> impl Strategy<Value = Vec<String>> {
+    let secret = prop::collection::vec(prop::sample::select(MARKER_SECRET_PIECES), 0..5)
+        .prop_map(|pieces| pieces.concat());
+    prop::collection::vec(secret, 0..4)
+}
+
+fn marker_text_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(prop::sample::select(MARKER_TEXT_PIECES), 0..120)
+        .prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Around markers: the stream agrees with the whole, the whole with the
+    /// oracle, and a second pass with the same secrets changes nothing (so
+    /// the writer's safety pass never mangles a producer's markers).
+    #[test]
+    fn markers_survive_and_redaction_is_idempotent(
+        secrets in marker_secrets_strategy(),
+        text in marker_text_strategy(),
+        splits in splits_strategy(),
+    ) {
+        let r = Redactor::new(&secrets);
+        let whole = r.redact_bytes(&text);
+        prop_assert_eq!(&whole, &oracle(&secrets, &text));
+        prop_assert_eq!(&r.redact_bytes(&whole), &whole);
+        // Also with the smallest windows and without the packed locator.
+        for r in [r.clone(), r.tuned(0, true), r.tuned(0, false)] {
+            prop_assert_eq!(&r.redact_bytes(&text), &whole);
+            prop_assert_eq!(&stream_split(&r, &text, &offsets(&splits, text.len())), &whole);
+            prop_assert_eq!(&stream_bytewise(&r, &text), &whole);
+        }
     }
 }

@@ -116,13 +116,23 @@ pub fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usi
         .map(|(i, _)| i)
 }
 
-/// Independent reference redaction: mask every byte of every occurrence,
-/// then replace each maximal masked run (overlapping or touching occurrences
-/// merged) with one marker.
+/// Independent reference redaction: mask every byte of every occurrence
+/// that does not clip a `[REDACTED]` already in the input (overlap it
+/// without containing it whole: the marker is never redacted), then replace
+/// each maximal masked run (overlapping or touching occurrences merged) with
+/// one marker.
 pub fn oracle(secrets: &[String], bytes: &[u8]) -> Vec<u8> {
+    let markers: Vec<(usize, usize)> = find_all(bytes, REDACTED.as_bytes())
+        .map(|i| (i, i + REDACTED.len()))
+        .collect();
+    let clips = |start: usize, end: usize| {
+        markers
+            .iter()
+            .any(|&(ms, me)| ms < end && me > start && (ms < start || me > end))
+    };
     let mut mask = vec![false; bytes.len()];
     for s in secrets.iter().filter(|s| !s.is_empty()) {
-        for i in find_all(bytes, s.as_bytes()) {
+        for i in find_all(bytes, s.as_bytes()).filter(|&i| !clips(i, i + s.len())) {
             mask[i..i + s.len()].iter_mut().for_each(|m| *m = true);
         }
     }
@@ -135,6 +145,20 @@ pub fn oracle(secrets: &[String], bytes: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Whether every `[` in `text` starts a whole marker (with `cut_edges`, a
+/// marker prefix may also end the text): no marker was mangled. Only
+/// meaningful when `[` cannot come from the input.
+pub fn markers_intact(text: &[u8], cut_edges: bool) -> bool {
+    let marker = REDACTED.as_bytes();
+    text.iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'[')
+        .all(|(i, _)| {
+            let rest = &text[i..];
+            rest.starts_with(marker) || (cut_edges && marker.starts_with(rest))
+        })
 }
 
 /// Printable form of bytes for assertion messages.
