@@ -8,7 +8,7 @@
 //! whatever is left in it, wherever it went:
 //!
 //! - **cgroup** ([`cgroup`]): a cgroup v2 per scope, under a directory of
-//!   the runtime's own (`runtimeuse-<pid>-<n>` beside the runtime, in its
+//!   the runtime's own (`runtimeuse-<pidns>-<pid>-<n>` beside the runtime, in its
 //!   own cgroup). A child is inside its scope's cgroup before it can start
 //!   anything (a handler joins before it execs; a command's shell waits on
 //!   a gate until the runtime moved it, see [`Scope::spawn_gated_shell`]);

@@ -1,7 +1,12 @@
 //! The cgroup v2 backend: a directory of the runtime's own, one cgroup per
 //! scope inside it.
 //!
-//! Layout: `<runtime's cgroup>/runtimeuse-<pid>-<n>/<scope>`. The runtime
+//! Layout: `<runtime's cgroup>/runtimeuse-<pidns>-<pid>-<n>/<scope>`, where
+//! `<pidns>` is the inode of the runtime's PID namespace: a pid means
+//! something only in its namespace, so start-up cleans only the directories
+//! of dead runtimes of its own namespace (a runtime in another one, e.g. a
+//! container's PID 1 with its own `/proc`, would see every other runtime's
+//! pid as gone and kill their cgroups). The runtime
 //! stays where it is; its directory holds no process itself, only scope
 //! cgroups (cgroup v2's "no internal processes" rule is about controllers,
 //! which the runtime never enables, so processes may live in the leaves).
@@ -34,7 +39,7 @@ use tokio::time::{Instant, sleep};
 
 use super::POLL;
 
-/// The prefix of every runtime's own directory, followed by `<pid>-<n>`.
+/// The prefix of every runtime's own directory, followed by `<pidns>-<pid>-<n>`.
 const DIR_PREFIX: &str = "runtimeuse-";
 
 /// Empty scope cgroups kept for reuse.
@@ -77,7 +82,7 @@ fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cgroup
 
 /// The runtime's own directory of scope cgroups.
 pub(super) struct Tree {
-    /// `<runtime's cgroup>/runtimeuse-<pid>-<n>`.
+    /// `<runtime's cgroup>/runtimeuse-<pidns>-<pid>-<n>`.
     pub(super) root: PathBuf,
     /// Empty scope cgroups kept for the next scopes: creating and removing
     /// one costs about 0.1 ms, a good part of a `true` command's round trip.
@@ -99,9 +104,13 @@ impl Tree {
     /// that a process can really be moved into a cgroup inside it.
     pub(super) fn create() -> Result<Self, CgroupError> {
         let parent = own_cgroup_dir()?;
-        remove_stale_trees(&parent);
+        let namespace = own_pid_namespace();
+        if let Some(namespace) = namespace {
+            remove_stale_trees(&parent, namespace);
+        }
         let name = format!(
-            "{DIR_PREFIX}{}-{}",
+            "{DIR_PREFIX}{}-{}-{}",
+            namespace.unwrap_or(0),
             std::process::id(),
             NEXT_TREE.fetch_add(1, Ordering::Relaxed)
         );
@@ -275,14 +284,15 @@ fn relative_to_mount(own: &str, mount_root: &str) -> Option<String> {
 }
 
 /// Kills and removes the directories left by runtimes that are gone (a
-/// crash, a SIGKILL): `runtimeuse-<pid>-<n>` whose pid no longer exists.
-fn remove_stale_trees(parent: &Path) {
+/// crash, a SIGKILL): `runtimeuse-<pidns>-<pid>-<n>` of this PID namespace
+/// whose pid no longer exists.
+fn remove_stale_trees(parent: &Path, namespace: u64) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(stale_owner) else {
+        let Some(pid) = name.to_str().and_then(|name| stale_owner(name, namespace)) else {
             continue;
         };
         if Path::new(&format!("/proc/{pid}")).exists() {
@@ -309,11 +319,26 @@ fn remove_stale_trees(parent: &Path) {
     }
 }
 
-/// The pid in a `runtimeuse-<pid>-<n>` directory name.
-fn stale_owner(name: &str) -> Option<u32> {
-    let (pid, serial) = name.strip_prefix(DIR_PREFIX)?.split_once('-')?;
+/// The pid in a `runtimeuse-<pidns>-<pid>-<n>` directory name, if it is of
+/// the PID namespace `namespace` (other namespaces' pids cannot be checked).
+fn stale_owner(name: &str, namespace: u64) -> Option<u32> {
+    let (dir_namespace, rest) = name.strip_prefix(DIR_PREFIX)?.split_once('-')?;
+    let (pid, serial) = rest.split_once('-')?;
     serial.parse::<u64>().ok()?;
+    (dir_namespace.parse::<u64>().ok()? == namespace).then_some(())?;
     pid.parse().ok()
+}
+
+/// The inode of the runtime's PID namespace (`/proc/self/ns/pid` reads
+/// `pid:[4026531836]`); `None` if unreadable, and then nothing is taken for
+/// stale.
+fn own_pid_namespace() -> Option<u64> {
+    let link = fs::read_link("/proc/self/ns/pid").ok()?;
+    link.to_str()?
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 fn child_dirs(root: &Path) -> Vec<PathBuf> {
@@ -494,9 +519,16 @@ mod tests {
 
     #[test]
     fn stale_directory_names() {
-        assert_eq!(stale_owner("runtimeuse-123-4"), Some(123));
-        assert_eq!(stale_owner("runtimeuse-123"), None);
-        assert_eq!(stale_owner("runtimeuse-x-1"), None);
-        assert_eq!(stale_owner("other-1-2"), None);
+        assert_eq!(stale_owner("runtimeuse-77-123-4", 77), Some(123));
+        // Another PID namespace's pid says nothing about liveness here.
+        assert_eq!(stale_owner("runtimeuse-78-123-4", 77), None);
+        assert_eq!(stale_owner("runtimeuse-77-123", 77), None);
+        assert_eq!(stale_owner("runtimeuse-77-x-1", 77), None);
+        assert_eq!(stale_owner("other-77-1-2", 77), None);
+    }
+
+    #[test]
+    fn the_own_pid_namespace_is_read() {
+        assert!(own_pid_namespace().is_some());
     }
 }

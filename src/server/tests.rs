@@ -7,6 +7,16 @@ const TOKEN: &str = "unit-test-token";
 
 /// A server on 127.0.0.1:0 (its handler is never run: these tests send
 /// no invocation), and the token that stops it.
+/// A handler that is never asked anything: these tests are about the server.
+fn true_handler() -> HandlerCommand {
+    HandlerCommand {
+        program: PathBuf::from("/bin/true"),
+        args: Vec::new(),
+        display: "true".into(),
+        env: Vec::new(),
+    }
+}
+
 async fn start(config: Config) -> (SocketAddr, CancellationToken) {
     // Its handler is never run (these tests send no invocation): no spares.
     let config = Config {
@@ -14,12 +24,7 @@ async fn start(config: Config) -> (SocketAddr, CancellationToken) {
         spare_handlers: 0,
         ..config
     };
-    let handler = HandlerCommand {
-        program: PathBuf::from("/bin/true"),
-        args: Vec::new(),
-        display: "true".into(),
-        env: Vec::new(),
-    };
+    let handler = true_handler();
     let server = Server::bind_with_handler(config, handler).await.unwrap();
     let addr = server.local_addr().unwrap();
     let stop = server.shutdown_token();
@@ -252,12 +257,7 @@ async fn oversized_message_closes_with_1009_and_the_server_carries_on() {
 
 #[tokio::test]
 async fn empty_token_is_refused_at_startup() {
-    let handler = HandlerCommand {
-        program: PathBuf::from("/bin/true"),
-        args: Vec::new(),
-        display: "true".into(),
-        env: Vec::new(),
-    };
+    let handler = true_handler();
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         auth_token: Some(Secret::new("")),
@@ -317,12 +317,7 @@ async fn dropping_run_stops_the_accept_loop() {
         spare_handlers: 0,
         ..Config::default()
     };
-    let handler = HandlerCommand {
-        program: PathBuf::from("/bin/true"),
-        args: Vec::new(),
-        display: "true".into(),
-        env: Vec::new(),
-    };
+    let handler = true_handler();
     let server = Server::bind_with_handler(config, handler).await.unwrap();
     let addr = server.local_addr().unwrap();
     let running = tokio::spawn(server.run());

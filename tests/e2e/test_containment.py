@@ -116,6 +116,12 @@ def runtime(start_runtime, mode, *args):
     return start_runtime("--agent", "echo", *args, env={"RUNTIMEUSE_CONTAINMENT": mode})
 
 
+def escape_then_wait(pid_file: pathlib.Path) -> str:
+    """A command that starts a `setsid` escapee, waits for its pid file, then
+    keeps running (so the request is still running when the test ends it)."""
+    return ESCAPES["setsid"].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; sleep 300"
+
+
 def cmds(*commands):
     return [CommandInterface(command=c) for c in commands]
 
@@ -153,7 +159,7 @@ def test_client_vanishing_mid_command_kills_escapees(start_runtime, tmp_path, mo
     dies, what left the group too."""
     rt = runtime(start_runtime, mode)
     pid_file = tmp_path / "escapee.pid"
-    command = ESCAPES["setsid"].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; sleep 300"
+    command = escape_then_wait(pid_file)
 
     async def main():
         client = RuntimeUseClient(ws_url=rt.url)
@@ -197,7 +203,7 @@ def test_what_a_completed_command_left_runs_on_until_shutdown(start_runtime, tmp
 def test_sigterm_shutdown_kills_escapees(start_runtime, tmp_path, mode):
     rt = runtime(start_runtime, mode, "--kill-grace", "500ms")
     pid_file = tmp_path / "escapee.pid"
-    command = ESCAPES["setsid"].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; sleep 300"
+    command = escape_then_wait(pid_file)
 
     async def main():
         client = RuntimeUseClient(ws_url=rt.url)
@@ -245,7 +251,7 @@ def test_startup_log_says_which_containment_is_in_force(start_runtime, mode):
 def test_auto_takes_cgroup_and_leaves_no_cgroup_behind(start_runtime, tmp_path):
     rt = start_runtime("--agent", "echo")  # auto
     assert "cgroup v2" in next(line for line in rt.log().splitlines() if "process containment" in line)
-    mine = list(own_cgroup_dir().glob(f"runtimeuse-{rt.proc.pid}-*"))
+    mine = list(own_cgroup_dir().glob(f"runtimeuse-*-{rt.proc.pid}-*"))
     assert len(mine) == 1, mine
     tree = mine[0]
     pid_file = tmp_path / "bg.pid"
@@ -275,20 +281,29 @@ def test_auto_takes_cgroup_and_leaves_no_cgroup_behind(start_runtime, tmp_path):
 @pytest.mark.skipif(not cgroup_writable(), reason="cgroup v2 is not writable here")
 def test_start_up_cleans_the_cgroups_of_a_runtime_that_died(start_runtime):
     # A runtime that died (SIGKILL) left a cgroup with a live process in it;
-    # its pid is beyond pid_max, so it cannot be alive.
-    stale = own_cgroup_dir() / "runtimeuse-99999999-1"
-    scope = stale / "r1"
+    # its pid is beyond pid_max, so it cannot be alive. The same pid in
+    # another PID namespace says nothing: that directory is left alone.
+    namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    stale = own_cgroup_dir() / f"runtimeuse-{namespace}-99999999-1"
+    foreign = own_cgroup_dir() / "runtimeuse-1-99999999-1"
+    scope, foreign_scope = stale / "r1", foreign / "r1"
     scope.mkdir(parents=True)
+    foreign_scope.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "300"])
+    foreign_sleeper = subprocess.Popen(["sleep", "300"])
     try:
         (scope / "cgroup.procs").write_text(str(sleeper.pid))
+        (foreign_scope / "cgroup.procs").write_text(str(foreign_sleeper.pid))
         runtime(start_runtime, "cgroup")
         assert sleeper.wait(10) == -signal.SIGKILL
         assert not stale.exists()
+        assert foreign_sleeper.poll() is None, "a runtime of another PID namespace lost its processes"
+        assert foreign.exists()
     finally:
-        sleeper.kill()
-        sleeper.wait()
-        for d in (scope, stale):
+        for process in (sleeper, foreign_sleeper):
+            process.kill()
+            process.wait()
+        for d in (scope, stale, foreign_scope, foreign):
             if d.exists():
                 d.rmdir()
 
