@@ -15,7 +15,7 @@ use std::io;
 
 use serde_json::Value;
 
-use crate::redact::Redactor;
+use crate::redact::{REDACTED, Redactor};
 use crate::text::{ceil_boundary, char_pieces, floor_boundary, join_with_marker};
 use crate::wire::{CommandResult, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage};
 
@@ -254,8 +254,9 @@ fn heaviest(weights: &[usize]) -> Option<usize> {
 /// marker between; empties it if that would not make it shorter.
 fn cut_middle(text: &mut String, keep: f64) {
     let side = (text.len() as f64 * keep / 2.0) as usize;
-    let head_end = floor_boundary(text, side);
-    let tail_start = ceil_boundary(text, text.len() - side).max(head_end);
+    let head_end = outside_marker(text, floor_boundary(text, side), Side::Before);
+    let tail_start =
+        outside_marker(text, ceil_boundary(text, text.len() - side), Side::After).max(head_end);
     let cut = join_with_marker(
         &text[..head_end],
         tail_start - head_end,
@@ -266,6 +267,32 @@ fn cut_middle(text: &mut String, keep: f64) {
     } else {
         String::new()
     };
+}
+
+/// Which way a cut moves out of a marker.
+#[derive(Clone, Copy)]
+enum Side {
+    Before,
+    After,
+}
+
+/// `at`, moved to the start (`Before`) or the end (`After`) of the
+/// redaction marker it falls inside, if any: the text is already redacted,
+/// and half a marker would read as mangled output.
+fn outside_marker(text: &str, at: usize, side: Side) -> usize {
+    let len = REDACTED.len();
+    let window_start = floor_boundary(text, at.saturating_sub(len - 1));
+    let window_end = ceil_boundary(text, (at + len - 1).min(text.len()));
+    let window = &text[window_start..window_end];
+    let inside = window
+        .match_indices(REDACTED)
+        .map(|(i, _)| window_start + i)
+        .find(|&start| start < at && at < start + len);
+    match (inside, side) {
+        (Some(start), Side::Before) => start,
+        (Some(start), Side::After) => start + len,
+        (None, _) => at,
+    }
 }
 
 #[cfg(test)]

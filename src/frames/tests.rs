@@ -204,3 +204,24 @@ fn results_that_redaction_grows_past_the_limit_are_fitted_not_refused() {
     let stdout = v["results"][0]["stdout"].as_str().unwrap();
     assert!(stdout.starts_with("[REDACTED]") && !stdout.contains('x'));
 }
+
+#[test]
+fn a_cut_never_splits_a_redaction_marker() {
+    // Redacted output of one-character secrets: markers everywhere, so any
+    // naive cut position lands inside one.
+    for keep in [0.1, 0.33, 0.5, 0.77] {
+        for prefix in 0..REDACTED.len() {
+            let mut text = "x".repeat(prefix) + &format!("{REDACTED}.").repeat(500);
+            cut_middle(&mut text, keep);
+            let (head, rest) = text.split_once("[runtimeuse:").expect("cut");
+            let tail = &rest[rest.find(']').unwrap() + 1..];
+            for side in [head, tail] {
+                let leftover = side.replace(REDACTED, "");
+                assert!(
+                    leftover.chars().all(|c| matches!(c, 'x' | '.' | '\n')),
+                    "a marker was cut: {side:?}"
+                );
+            }
+        }
+    }
+}
