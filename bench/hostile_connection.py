@@ -16,7 +16,7 @@ safety cap stops a scenario once the runtime passes --max-rss-mb, so an
 unfixed binary does not take the machine down.
 
 Run by hand (never in CI), e.g. against the baseline and this tree:
-    python bench/hostile_connection.py --bin /work/lead/baseline-runtimeuse
+    python bench/hostile_connection.py --bin /path/to/older/runtimeuse
     python bench/hostile_connection.py --bin target/release/runtimeuse
     python bench/hostile_connection.py --scenario vanish --env RUNTIMEUSE_PING_INTERVAL=5s
 

@@ -1,8 +1,8 @@
 """Secret flood: RSS and time per request when a session names many secrets,
 and RSS once the session has closed. Run by hand, never in CI:
 
-    /work/lead/venv/bin/python bench/hostile_secrets.py --bin target/release/runtimeuse
-    /work/lead/venv/bin/python bench/hostile_secrets.py --bin target/release/runtimeuse \
+    .venv/bin/python bench/hostile_secrets.py --bin target/release/runtimeuse
+    .venv/bin/python bench/hostile_secrets.py --bin target/release/runtimeuse \
         --requests 4 --secrets 500000          # the flood from issue 11
 
 Starts the binary on a free port, opens one WebSocket session and sends

@@ -5,7 +5,7 @@ private temporary file (over 64 KiB), with the real client. Prints one JSON
 line per size: median and best wall time over the runs, and the runtime's
 peak RSS (VmHWM) after them. By hand, not in CI:
 
-    /work/lead/venv/bin/python bench/large_commands.py
+    .venv/bin/python bench/large_commands.py
     RUNTIMEUSE_BIN=/path/to/runtimeuse BENCH_RUNS=20 .../python bench/large_commands.py
 
 Environment: RUNTIMEUSE_BIN (default the release build), BENCH_RUNS
