@@ -28,27 +28,15 @@ import base64
 import json
 import os
 import pathlib
-import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
-import urllib.request
+
+from echo_runtime import EchoRuntime
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_BIN = os.environ.get("RUNTIMEUSE_BIN", str(ROOT / "target" / "release" / "runtimeuse"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mib(pid):
-    status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def frame(opcode, payload):
@@ -87,37 +75,6 @@ def command(commands):
     }).encode()
 
 
-class Runtime:
-    def __init__(self, binary, env):
-        self.port = free_port()
-        full_env = dict(os.environ, RUNTIMEUSE_LOG="warn", **env)
-        self.proc = subprocess.Popen(
-            [binary, "--agent", "echo", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=full_env, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("runtime did not start")
-
-    def active_sessions(self):
-        url = f"http://127.0.0.1:{self.port}/health"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())["active_sessions"]
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 def flood(sock, stop, state):
     batch = b"".join(frame(0x9, b"p" * 125) for _ in range(1000))
     try:
@@ -139,7 +96,7 @@ def watch_closed(sock, stop, state):
 
 
 def run_scenario(name, args, env):
-    rt = Runtime(args.bin, env)
+    rt = EchoRuntime(args.bin, env)
     state = {"sent": 0, "dropped": None}
     stop = threading.Event()
     samples = []
@@ -160,7 +117,7 @@ def run_scenario(name, args, env):
         while time.monotonic() - start < args.seconds:
             time.sleep(0.5)
             t = time.monotonic() - start
-            rss = rss_mib(rt.proc.pid)
+            rss = rt.kib("VmRSS") / 1024
             samples.append((round(t, 1), round(rss, 1)))
             gone = state["dropped"] if name != "vanish" else (rt.active_sessions() == 0 or None)
             if gone and dropped_at is None:

@@ -17,28 +17,11 @@ side by side.
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 
 import websockets
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status(pid: int, field: str) -> int:
-    """A /proc/<pid>/status field in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+from echo_runtime import EchoRuntime, proc_status_kib
 
 
 def mib(kib: int) -> str:
@@ -47,7 +30,7 @@ def mib(kib: int) -> str:
 
 async def flood(url: str, pid: int, requests: int, per_request: int) -> None:
     async with websockets.connect(url, max_size=2**20) as ws:
-        print(f"idle session            rss {mib(status(pid, 'VmRSS'))}")
+        print(f"idle session            rss {mib(proc_status_kib(pid, 'VmRSS'))}")
         for n in range(requests):
             secrets = [f"flood-{n:02d}-{i:09d}-xyzw" for i in range(per_request)]
             message = json.dumps({
@@ -64,7 +47,7 @@ async def flood(url: str, pid: int, requests: int, per_request: int) -> None:
                     break
             took = time.monotonic() - started
             what = "result" if kind != "error_message" else "error: " + reply["error"][:70]
-            print(f"request {n + 1}: {took:6.2f} s   rss {mib(status(pid, 'VmRSS'))}   {what}")
+            print(f"request {n + 1}: {took:6.2f} s   rss {mib(proc_status_kib(pid, 'VmRSS'))}   {what}")
         await ws.send(json.dumps({"message_type": "end_session_message"}))
         try:
             while True:
@@ -79,30 +62,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--secrets", type=int, default=12_500, help="new secrets per request")
     args = parser.parse_args()
-    port = free_port()
-    env = dict(os.environ, RUNTIMEUSE_LOG="warn")
-    proc = subprocess.Popen(
-        [args.bin, "--host", "127.0.0.1", "--port", str(port), "--agent", "echo"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    rt = EchoRuntime(args.bin)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         print(f"{args.bin}: {args.requests} requests x {args.secrets} secrets")
-        print(f"started                 rss {mib(status(proc.pid, 'VmRSS'))}")
-        asyncio.run(flood(f"ws://127.0.0.1:{port}", proc.pid, args.requests, args.secrets))
+        print(f"started                 rss {mib(rt.kib('VmRSS'))}")
+        asyncio.run(flood(rt.url, rt.proc.pid, args.requests, args.secrets))
         samples = []
         for _ in range(10):
             time.sleep(0.2)
-            samples.append(status(proc.pid, "VmRSS"))
-        print(f"after close             rss {mib(min(samples))}   peak {mib(status(proc.pid, 'VmHWM'))}")
+            samples.append(rt.kib("VmRSS"))
+        print(f"after close             rss {mib(min(samples))}   peak {mib(rt.kib('VmHWM'))}")
     finally:
-        proc.terminate()
-        proc.wait(20)
+        rt.stop()
 
 
 if __name__ == "__main__":

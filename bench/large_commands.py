@@ -17,13 +17,11 @@ import asyncio
 import json
 import os
 import pathlib
-import signal
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 
+from echo_runtime import EchoRuntime
 from runtimeuse_client import (
     AgentRuntimeError,
     CommandInterface,
@@ -37,23 +35,10 @@ RUNS = int(os.environ.get("BENCH_RUNS", "10"))
 SIZES = [16 << 10, 64 << 10, 96 << 10, 1 << 20, 8 << 20]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def heredoc(target: pathlib.Path, size: int) -> str:
     line = "x" * 63 + "\n"
     body = line * (size // len(line))
     return f"cat > {target} <<'EOF'\n{body}EOF\n"
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return -1
 
 
 async def one(url: str, command: str) -> float:
@@ -67,22 +52,9 @@ async def one(url: str, command: str) -> float:
 
 
 def main() -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [BIN, "--host", "127.0.0.1", "--port", str(port), "--agent", "echo"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    rt = EchoRuntime(BIN)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        url = f"ws://127.0.0.1:{port}"
+        url = rt.url
         with tempfile.TemporaryDirectory() as tmp:
             for size in SIZES:
                 command = heredoc(pathlib.Path(tmp) / "out.txt", size)
@@ -95,11 +67,10 @@ def main() -> None:
                 else:
                     figure["median_ms"] = round(statistics.median(times) * 1000, 2)
                     figure["best_ms"] = round(min(times) * 1000, 2)
-                figure["runtime_peak_rss_kib"] = peak_rss_kib(proc.pid)
+                figure["runtime_peak_rss_kib"] = rt.kib("VmHWM")
                 print(json.dumps(figure), flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        rt.stop()
 
 
 if __name__ == "__main__":
