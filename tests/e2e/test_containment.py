@@ -116,10 +116,22 @@ def runtime(start_runtime, mode, *args):
     return start_runtime("--agent", "echo", *args, env={"RUNTIMEUSE_CONTAINMENT": mode})
 
 
-def escape_then_wait(pid_file: pathlib.Path) -> str:
-    """A command that starts a `setsid` escapee, waits for its pid file, then
-    keeps running (so the request is still running when the test ends it)."""
-    return ESCAPES["setsid"].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; sleep 300"
+def interrupt_mid_command(rt, pid_file: pathlib.Path, interrupt, raises) -> int:
+    """Runs a command that starts a `setsid` escapee and then keeps running,
+    calls `interrupt(task)` once the escapee has written its pid, expects the
+    client's call to end with `raises`, and returns the escapee's pid."""
+    command = ESCAPES["setsid"].format(pid_file=pid_file) + f" {WAIT_FOR_PID.format(pid_file=pid_file)}; sleep 300"
+
+    async def main():
+        client = RuntimeUseClient(ws_url=rt.url)
+        task = asyncio.create_task(client.execute_commands(cmds(command), ExecuteCommandsOptions()))
+        pid = await asyncio.to_thread(escapee_pid, pid_file)
+        interrupt(task)
+        with pytest.raises(raises):
+            await task
+        return pid
+
+    return run(main())
 
 
 def cmds(*commands):
@@ -158,19 +170,8 @@ def test_client_vanishing_mid_command_kills_escapees(start_runtime, tmp_path, mo
     connection goes away): like a cancel, everything the request started
     dies, what left the group too."""
     rt = runtime(start_runtime, mode)
-    pid_file = tmp_path / "escapee.pid"
-    command = escape_then_wait(pid_file)
-
-    async def main():
-        client = RuntimeUseClient(ws_url=rt.url)
-        task = asyncio.create_task(client.execute_commands(cmds(command), ExecuteCommandsOptions()))
-        pid = await asyncio.to_thread(escapee_pid, pid_file)
-        task.cancel()  # the one-shot client closes its socket
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return pid
-
-    pid = run(main())
+    # Cancelling the call closes the one-shot client's socket.
+    pid = interrupt_mid_command(rt, tmp_path / "escapee.pid", lambda task: task.cancel(), asyncio.CancelledError)
     assert wait_until(lambda: not alive(pid), timeout=10), f"escapee {pid} outlived its session"
     if mode == "subreaper":
         # Its shell is gone, so it was the runtime's to reap: no zombie stays.
@@ -202,19 +203,9 @@ def test_what_a_completed_command_left_runs_on_until_shutdown(start_runtime, tmp
 @pytest.mark.parametrize("mode", MODES)
 def test_sigterm_shutdown_kills_escapees(start_runtime, tmp_path, mode):
     rt = runtime(start_runtime, mode, "--kill-grace", "500ms")
-    pid_file = tmp_path / "escapee.pid"
-    command = escape_then_wait(pid_file)
-
-    async def main():
-        client = RuntimeUseClient(ws_url=rt.url)
-        task = asyncio.create_task(client.execute_commands(cmds(command), ExecuteCommandsOptions()))
-        pid = await asyncio.to_thread(escapee_pid, pid_file)
-        rt.proc.send_signal(signal.SIGTERM)
-        with pytest.raises(AgentRuntimeError):
-            await task
-        return pid
-
-    pid = run(main())
+    pid = interrupt_mid_command(
+        rt, tmp_path / "escapee.pid", lambda _task: rt.proc.send_signal(signal.SIGTERM), AgentRuntimeError
+    )
     assert rt.proc.wait(20) == 0
     assert wait_until(lambda: not alive(pid), timeout=10), f"escapee {pid} outlived the runtime"
 
