@@ -15,7 +15,7 @@ use std::io;
 
 use serde_json::Value;
 
-use crate::redact::{REDACTED, Redactor};
+use crate::redact::{Redactor, marker_around};
 use crate::text::{ceil_boundary, char_pieces, floor_boundary, join_with_marker};
 use crate::wire::{CommandResult, MAX_OUTBOUND_FRAME_BYTES, OutboundMessage};
 
@@ -280,17 +280,9 @@ enum Side {
 /// redaction marker it falls inside, if any: the text is already redacted,
 /// and half a marker would read as mangled output.
 fn outside_marker(text: &str, at: usize, side: Side) -> usize {
-    let len = REDACTED.len();
-    let window_start = floor_boundary(text, at.saturating_sub(len - 1));
-    let window_end = ceil_boundary(text, (at + len - 1).min(text.len()));
-    let window = &text[window_start..window_end];
-    let inside = window
-        .match_indices(REDACTED)
-        .map(|(i, _)| window_start + i)
-        .find(|&start| start < at && at < start + len);
-    match (inside, side) {
-        (Some(start), Side::Before) => start,
-        (Some(start), Side::After) => start + len,
+    match (marker_around(text.as_bytes(), at), side) {
+        (Some((start, _)), Side::Before) => start,
+        (Some((_, end)), Side::After) => end,
         (None, _) => at,
     }
 }

@@ -72,12 +72,18 @@ fn stream_cut(buf: &[u8], hold: usize) -> usize {
         .find(|&k| buf.ends_with(&marker[..k]))
         .map_or(buf.len(), |k| buf.len() - k);
     let cut = end.saturating_sub(hold);
-    let near = cut.saturating_sub(marker.len() - 1)..buf.len().min(cut + marker.len() - 1);
-    let straddling = MARKER_FINDER
-        .find_iter(&buf[near.clone()])
-        .map(|m| near.start + m.start())
-        .find(|&start| start < cut && start + marker.len() > cut);
-    straddling.unwrap_or(cut)
+    marker_around(buf, cut).map_or(cut, |(start, _)| start)
+}
+
+/// The whole marker of already redacted `hay` that position `at` falls
+/// strictly inside, as `(start, end)`: a cut there would split it.
+pub(crate) fn marker_around(hay: &[u8], at: usize) -> Option<(usize, usize)> {
+    let len = REDACTED.len();
+    let near = at.saturating_sub(len - 1)..hay.len().min(at + len - 1);
+    MARKER_FINDER
+        .find_iter(&hay[near.clone()])
+        .map(|m| (near.start + m.start(), near.start + m.end()))
+        .find(|&(start, end)| start < at && at < end)
 }
 
 /// Bytes scanned by the exact overlapping search per located occurrence. At

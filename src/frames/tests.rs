@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::redact::REDACTED;
 use crate::wire::Stream;
 
 fn seq_text(n: u32) -> String {
